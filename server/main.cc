@@ -1,0 +1,222 @@
+// gnc-server: serves one shard of a gnc job over gRPC.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/codec.h"
+#include "common/log.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "server/device.h"
+#include "server/metrics.h"
+#include "server/options.h"
+#include "server/service.h"
+#include "server/shard_core.h"
+
+ABSL_FLAG(std::string, address, "0.0.0.0", "Address to listen on");
+ABSL_FLAG(int, port, 7070, "gRPC port; 0 picks a free one (see --port_file)");
+ABSL_FLAG(std::string, port_file, "", "If set, write the bound gRPC port here once listening");
+ABSL_FLAG(int, shard_index, 0, "This shard's index in [0, num_shards)");
+ABSL_FLAG(int, num_shards, 1, "Number of shards S in the job");
+ABSL_FLAG(int, num_workers, 1, "Number of workers K in the job");
+ABSL_FLAG(int, min_workers, 0,
+          "Quorum: a step may complete on the straggler timeout with this many gradients "
+          "(0 = all K, no quorum)");
+ABSL_FLAG(absl::Duration, straggler_timeout, absl::Seconds(30),
+          "How long a step waits for late workers after its first gradient");
+ABSL_FLAG(std::string, mode, "gnc", "Smoothing mode: none, gnc or isotropic");
+ABSL_FLAG(double, gnc_scale, 1.0, "rho: scale of the GNC perturbation");
+ABSL_FLAG(double, max_perturbation_norm, 0.0, "Cap on ||delta_k|| per shard (0 = none)");
+ABSL_FLAG(double, lr, 0.1, "Peak learning rate");
+ABSL_FLAG(int64_t, warmup_steps, 0, "Linear warm-up steps");
+ABSL_FLAG(std::string, lr_decay, "none", "Decay after warm-up: none, step or cosine");
+ABSL_FLAG(int64_t, total_steps, 0, "Job length in steps (needed by cosine decay)");
+ABSL_FLAG(double, min_lr, 0.0, "Floor of the cosine decay");
+ABSL_FLAG(int64_t, lr_step_every, 0, "Step decay: steps between decays");
+ABSL_FLAG(double, lr_step_gamma, 0.1, "Step decay: factor per decay");
+ABSL_FLAG(double, momentum, 0.9, "SGD momentum mu");
+ABSL_FLAG(bool, nesterov, false, "Nesterov momentum");
+ABSL_FLAG(double, weight_decay, 0.0, "L2 weight decay lambda");
+ABSL_FLAG(uint64_t, seed, 1, "Seed of the isotropic noise");
+ABSL_FLAG(std::string, device, "auto", "Merge device: auto, cpu or cuda");
+ABSL_FLAG(int, metrics_port, 0, "Prometheus /metrics port (0 disables)");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0", "Address of the /metrics listener");
+ABSL_FLAG(double, noise_ema, 0.9, "EMA factor of the noise-scale estimators, in [0, 1)");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
+          "On SIGTERM, how long in-flight rpcs may take before they are cancelled");
+ABSL_FLAG(bool, exit_when_done, true,
+          "Exit once every worker of the job has left (false: keep serving)");
+ABSL_FLAG(bool, check_config, false, "Validate the flags, print the config hash and exit");
+
+namespace gnc {
+namespace {
+
+absl::StatusOr<ShardOptions> OptionsFromFlags() {
+  ShardOptions o;
+  o.num_workers = absl::GetFlag(FLAGS_num_workers);
+  o.min_workers = absl::GetFlag(FLAGS_min_workers);
+  o.num_shards = absl::GetFlag(FLAGS_num_shards);
+  o.shard_index = absl::GetFlag(FLAGS_shard_index);
+  if (absl::Status s = ParseSmoothingMode(absl::GetFlag(FLAGS_mode), &o.mode); !s.ok()) return s;
+  o.gnc_scale = absl::GetFlag(FLAGS_gnc_scale);
+  o.max_perturbation_norm = absl::GetFlag(FLAGS_max_perturbation_norm);
+  o.momentum = absl::GetFlag(FLAGS_momentum);
+  o.nesterov = absl::GetFlag(FLAGS_nesterov);
+  o.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  o.lr.peak = absl::GetFlag(FLAGS_lr);
+  o.lr.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
+  if (absl::Status s = ParseLrDecay(absl::GetFlag(FLAGS_lr_decay), &o.lr.decay); !s.ok()) {
+    return s;
+  }
+  o.lr.total_steps = absl::GetFlag(FLAGS_total_steps);
+  o.lr.min_lr = absl::GetFlag(FLAGS_min_lr);
+  o.lr.step_every = absl::GetFlag(FLAGS_lr_step_every);
+  o.lr.step_gamma = absl::GetFlag(FLAGS_lr_step_gamma);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.straggler_timeout = absl::GetFlag(FLAGS_straggler_timeout);
+  if (absl::Status s = o.Validate(); !s.ok()) return s;
+  const double ema = absl::GetFlag(FLAGS_noise_ema);
+  if (!(ema >= 0 && ema < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("noise_ema must be in [0, 1), got ", ema));
+  }
+  const int port = absl::GetFlag(FLAGS_port);
+  const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (port < 0 || port > 65535 || metrics_port < 0 || metrics_port > 65535) {
+    return absl::InvalidArgumentError("ports must be in [0, 65535]");
+  }
+  return o;
+}
+
+// RunServer: serves until SIGTERM/SIGINT (drain) or, with --exit_when_done, until
+// every worker has left. REQUIRES: SIGTERM and SIGINT blocked in every thread.
+absl::Status RunServer(const ShardOptions& options) {
+  absl::StatusOr<DeviceChoice> device = ParseDeviceChoice(absl::GetFlag(FLAGS_device));
+  if (!device.ok()) return device.status();
+  absl::StatusOr<std::unique_ptr<MergeBackend>> backend = NewMergeBackend(*device);
+  if (!backend.ok()) return backend.status();
+  const std::string device_name = (*backend)->Name();
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  ShardMetricsOptions metrics_options;
+  metrics_options.shard_index = options.shard_index;
+  metrics_options.mode = SmoothingModeName(options.mode);
+  metrics_options.device = device_name;
+  metrics_options.noise_ema = absl::GetFlag(FLAGS_noise_ema);
+  ShardMetrics metrics(*registry, metrics_options);
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (const int mport = absl::GetFlag(FLAGS_metrics_port); mport > 0) {
+    const std::string where = absl::StrCat(absl::GetFlag(FLAGS_metrics_address), ":", mport);
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(where);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", where, ": ", e.what()));
+    }
+    exposer->RegisterCollectable(registry);
+    LogInfo("metrics on http://", where, "/metrics");
+  }
+
+  ShardCore core(options, *std::move(backend), &metrics);
+  ParameterShardService service(&core, &metrics);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  const std::string address =
+      absl::StrCat(absl::GetFlag(FLAGS_address), ":", absl::GetFlag(FLAGS_port));
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound_port);
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || bound_port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+  }
+  if (const std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
+    const std::string tmp = path + ".tmp";
+    std::ofstream(tmp) << bound_port << "\n";
+    std::rename(tmp.c_str(), path.c_str());
+  }
+  LogInfo("gnc-server shard ", options.shard_index, "/", options.num_shards, " listening on ",
+          absl::GetFlag(FLAGS_address), ":", bound_port, " (K=", options.num_workers,
+          ", mode=", SmoothingModeName(options.mode), ", device=", device_name,
+          ", config hash ", absl::Hex(options.ConfigHash()), ")");
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  const timespec tick{0, 50'000'000};
+  const bool exit_when_done = absl::GetFlag(FLAGS_exit_when_done);
+  while (true) {
+    const int sig = sigtimedwait(&signals, nullptr, &tick);
+    if (sig == SIGTERM || sig == SIGINT) {
+      LogInfo("signal ", sig, ": draining");
+      break;
+    }
+    core.CheckDeadline();
+    if (exit_when_done && core.AllFinished()) {
+      LogInfo("every worker has left: shutting down");
+      break;
+    }
+  }
+  server->GetHealthCheckService()->SetServingStatus(false);
+  core.Drain();
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_drain_timeout)));
+  server->Wait();
+  LogInfo("gnc-server stopped at step ", core.GetStatus().step);
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace gnc
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("gnc-server: one shard of a gnc parameter-server job");
+  absl::ParseCommandLine(argc, argv);
+  // Signals are taken synchronously by the main loop; block them before any thread
+  // starts so that every thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  absl::StatusOr<gnc::ShardOptions> options = gnc::OptionsFromFlags();
+  if (!options.ok()) {
+    gnc::LogError("invalid configuration: ", options.status().message());
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_check_config)) {
+    absl::StatusOr<gnc::DeviceChoice> device =
+        gnc::ParseDeviceChoice(absl::GetFlag(FLAGS_device));
+    if (!device.ok()) {
+      gnc::LogError("invalid configuration: ", device.status().message());
+      return 2;
+    }
+    std::printf("config ok: shard %d/%d, K=%d, mode=%s, config hash %016llx\n",
+                options->shard_index, options->num_shards, options->num_workers,
+                gnc::SmoothingModeName(options->mode),
+                static_cast<unsigned long long>(options->ConfigHash()));
+    return 0;
+  }
+  absl::Status s = gnc::RunServer(*options);
+  if (!s.ok()) {
+    gnc::LogError("gnc-server: ", s.message());
+    return 1;
+  }
+  return 0;
+}

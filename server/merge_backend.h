@@ -1,0 +1,72 @@
+// MergeBackend: the device interface of one shard's step. Given the step's
+// gradients it computes the sample-weighted mean, the noise partials, applies the
+// optimizer to w and v, and forms every contributor's perturbation delta_k. A CPU
+// implementation is always present; a CUDA one is added when built with CUDA.
+#ifndef GNC_SERVER_MERGE_BACKEND_H_
+#define GNC_SERVER_MERGE_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "server/options.h"
+
+namespace gnc {
+
+// MergeParams: per-step settings of the merge.
+struct MergeParams {
+  SmoothingMode mode = SmoothingMode::kGnc;
+  double lr = 0.1;                     // eta_t of the step being completed
+  double momentum = 0.9;
+  bool nesterov = false;
+  double weight_decay = 0.0;
+  double gnc_scale = 1.0;              // rho
+  double max_perturbation_norm = 0.0;  // 0 = no cap
+  uint64_t seed = 1;
+  int64_t noise_step = 0;              // step whose evaluation point delta is for
+  int64_t global_offset = 0;           // global index of the shard's element 0
+};
+
+// MergeInputs: the step's contributors. Spans point at buffers owned by the caller
+// (the shard core) and stay valid for the call.
+struct MergeInputs {
+  std::vector<std::span<const float>> grads;  // g_k, each of size d
+  std::vector<double> num_samples;            // n_k >= 1
+  std::vector<int32_t> ranks;                 // worker ranks (noise streams)
+};
+
+// MergeStats: the step's noise partials over this shard.
+struct MergeStats {
+  double mean_grad_sqnorm = 0;     // A = ||g_mean||^2
+  double grad_sqnorm_mean = 0;     // C = mean_k ||g_k||^2
+  double noise_sqnorm_mean = 0;    // mean_k ||g_k - g_mean||^2
+  double perturbation_sqnorm = 0;  // mean_k ||delta_k||^2 (after any cap)
+};
+
+// MergeBackend: thread-compatible; the shard core serialises calls.
+class MergeBackend {
+ public:
+  virtual ~MergeBackend() = default;
+  virtual std::string Name() const = 0;
+
+  // Merge: one step. w and v (size d) are updated in place; deltas[k] (size d) receives
+  // contributor k's perturbation (left untouched in mode none).
+  // REQUIRES: inputs non-empty, all sizes equal d, deltas.size() == grads.size().
+  // Errors: INTERNAL for device failures; w, v are then unspecified only on the device
+  // backend's failure after launch, which it reports with context.
+  virtual absl::Status Merge(const MergeParams& params, const MergeInputs& inputs,
+                             std::span<float> w, std::span<float> v,
+                             std::span<const std::span<float>> deltas, MergeStats* stats) = 0;
+};
+
+// NewCpuMergeBackend: the reference backend, blocked for cache reuse (one pass over
+// the gradients), single-threaded.
+std::unique_ptr<MergeBackend> NewCpuMergeBackend();
+
+}  // namespace gnc
+
+#endif  // GNC_SERVER_MERGE_BACKEND_H_

@@ -1,0 +1,179 @@
+#include "server/metrics.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+
+namespace gnc {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+using prometheus::Histogram;
+
+Histogram::BucketBoundaries LatencyBuckets() {
+  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+}
+
+}  // namespace
+
+bool NoiseEstimates(double a, double c, double b, double big_b, double* g2, double* trace) {
+  if (!(big_b > b) || !(b > 0)) return false;
+  *g2 = (big_b * a - b * c) / (big_b - b);
+  *trace = (c - a) / (1.0 / b - 1.0 / big_b);
+  return true;
+}
+
+ShardMetrics::ShardMetrics(prometheus::Registry& registry, const ShardMetricsOptions& options)
+    : options_(options),
+      rejected_family_(BuildCounter()
+                           .Name("gnc_rejected_gradients_total")
+                           .Help("Gradient chunks refused, by reason")
+                           .Register(registry)),
+      steps_(BuildCounter()
+                 .Name("gnc_steps_total")
+                 .Help("Steps completed by this shard")
+                 .Register(registry)
+                 .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      step_duration_(BuildHistogram()
+                         .Name("gnc_step_duration_seconds")
+                         .Help("Time between consecutive step completions")
+                         .Register(registry)
+                         .Add({{"shard", absl::StrCat(options.shard_index)}}, LatencyBuckets())),
+      merge_duration_(BuildHistogram()
+                          .Name("gnc_merge_duration_seconds")
+                          .Help("Time of the merge and optimizer update of one step")
+                          .Register(registry)
+                          .Add({{"shard", absl::StrCat(options.shard_index)}}, LatencyBuckets())),
+      received_bytes_(BuildCounter()
+                          .Name("gnc_received_bytes_total")
+                          .Help("Gradient payload bytes received")
+                          .Register(registry)
+                          .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      sent_bytes_(BuildCounter()
+                      .Name("gnc_sent_bytes_total")
+                      .Help("Parameter payload bytes sent (evaluation points and pulls)")
+                      .Register(registry)
+                      .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      active_workers_(BuildGauge()
+                          .Name("gnc_active_workers")
+                          .Help("Workers with an open Train stream")
+                          .Register(registry)
+                          .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      finished_workers_(BuildGauge()
+                            .Name("gnc_finished_workers")
+                            .Help("Workers that have left the job")
+                            .Register(registry)
+                            .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      late_(BuildCounter()
+                .Name("gnc_late_gradients_total")
+                .Help("Gradients refused because their step had completed")
+                .Register(registry)
+                .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      grad_sqnorm_estimate_(BuildGauge()
+                                .Name("gnc_grad_sqnorm_estimate")
+                                .Help("EMA of this shard's partial |G|^2 estimate")
+                                .Register(registry)
+                                .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      noise_trace_estimate_(BuildGauge()
+                                .Name("gnc_noise_trace_estimate")
+                                .Help("EMA of this shard's partial tr(Sigma) estimate")
+                                .Register(registry)
+                                .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      grad_sqnorm_raw_(BuildGauge()
+                           .Name("gnc_grad_sqnorm_estimate_raw")
+                           .Help("Last step's partial |G|^2 estimate, before the EMA")
+                           .Register(registry)
+                           .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      noise_trace_raw_(BuildGauge()
+                           .Name("gnc_noise_trace_estimate_raw")
+                           .Help("Last step's partial tr(Sigma) estimate, before the EMA")
+                           .Register(registry)
+                           .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      perturbation_sqnorm_(BuildGauge()
+                               .Name("gnc_perturbation_sqnorm")
+                               .Help("Mean over workers of ||delta_k||^2 on this shard")
+                               .Register(registry)
+                               .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      learning_rate_(BuildGauge()
+                         .Name("gnc_learning_rate")
+                         .Help("Learning rate of the last completed step")
+                         .Register(registry)
+                         .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      step_gauge_(BuildGauge()
+                      .Name("gnc_step")
+                      .Help("Current step of this shard")
+                      .Register(registry)
+                      .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      contributors_(BuildGauge()
+                        .Name("gnc_step_contributors")
+                        .Help("Gradients merged in the last completed step")
+                        .Register(registry)
+                        .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      global_batch_(BuildGauge()
+                        .Name("gnc_global_batch_samples")
+                        .Help("Samples behind the last completed step (B)")
+                        .Register(registry)
+                        .Add({{"shard", absl::StrCat(options.shard_index)}})) {
+  BuildGauge()
+      .Name("gnc_build_info")
+      .Help("Build and configuration of this shard (value 1)")
+      .Register(registry)
+      .Add({{"shard", absl::StrCat(options.shard_index)},
+            {"version", "0.1.0"},
+            {"mode", options.mode},
+            {"device", options.device}})
+      .Set(1);
+  for (const char* reason :
+       {"non_finite", "bad_chunk", "bad_size", "future_step", "duplicate", "unknown_worker"}) {
+    rejected_family_.Add({{"shard", absl::StrCat(options.shard_index)}, {"reason", reason}});
+  }
+}
+
+void ShardMetrics::OnStep(const StepReport& r) {
+  steps_.Increment();
+  step_gauge_.Set(static_cast<double>(r.step + 1));
+  step_duration_.Observe(absl::ToDoubleSeconds(r.step_duration));
+  merge_duration_.Observe(absl::ToDoubleSeconds(r.merge_duration));
+  learning_rate_.Set(r.lr);
+  perturbation_sqnorm_.Set(r.stats.perturbation_sqnorm);
+  contributors_.Set(r.contributors);
+  global_batch_.Set(r.total_samples);
+  double g2 = 0, trace = 0;
+  if (!NoiseEstimates(r.stats.mean_grad_sqnorm, r.stats.grad_sqnorm_mean, r.mean_samples,
+                      r.total_samples, &g2, &trace)) {
+    return;
+  }
+  grad_sqnorm_raw_.Set(g2);
+  noise_trace_raw_.Set(trace);
+  absl::MutexLock lock(&mu_);
+  const double beta = options_.noise_ema;
+  ema_g2_ = beta * ema_g2_ + (1 - beta) * g2;
+  ema_s_ = beta * ema_s_ + (1 - beta) * trace;
+  ema_weight_ = beta * ema_weight_ + (1 - beta);
+  grad_sqnorm_estimate_.Set(ema_g2_ / ema_weight_);
+  noise_trace_estimate_.Set(ema_s_ / ema_weight_);
+}
+
+void ShardMetrics::OnRejected(std::string_view reason) {
+  rejected_family_
+      .Add({{"shard", absl::StrCat(options_.shard_index)}, {"reason", std::string(reason)}})
+      .Increment();
+}
+
+void ShardMetrics::OnLate() { late_.Increment(); }
+
+void ShardMetrics::OnMembership(int connected, int finished) {
+  active_workers_.Set(connected);
+  finished_workers_.Set(finished);
+}
+
+void ShardMetrics::OnGradientBytes(int64_t bytes) {
+  received_bytes_.Increment(static_cast<double>(bytes));
+}
+
+void ShardMetrics::OnSentBytes(int64_t bytes) { sent_bytes_.Increment(static_cast<double>(bytes)); }
+
+}  // namespace gnc

@@ -1,0 +1,65 @@
+// Settings of one gnc shard: job shape, optimizer, learning-rate schedule and
+// smoothing. Filled from flags by the daemon; a value type.
+#ifndef GNC_SERVER_OPTIONS_H_
+#define GNC_SERVER_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace gnc {
+
+enum class SmoothingMode { kNone, kGnc, kIsotropic };
+enum class LrDecay { kNone, kStep, kCosine };
+
+// ParseSmoothingMode: "none" | "gnc" | "isotropic".
+absl::Status ParseSmoothingMode(const std::string& text, SmoothingMode* mode);
+const char* SmoothingModeName(SmoothingMode mode);
+// ParseLrDecay: "none" | "step" | "cosine".
+absl::Status ParseLrDecay(const std::string& text, LrDecay* decay);
+
+// LrSchedule: linear warm-up from 0 to `peak` over `warmup_steps`, then the decay.
+struct LrSchedule {
+  double peak = 0.1;
+  int64_t warmup_steps = 0;
+  LrDecay decay = LrDecay::kNone;
+  int64_t total_steps = 0;        // cosine: lr reaches `min_lr` here (required > warmup)
+  double min_lr = 0.0;            // cosine floor
+  int64_t step_every = 0;         // step decay: multiply by gamma every this many steps
+  double step_gamma = 0.1;
+
+  // Rate: the learning rate of step t (0-based). Step t of warm-up uses
+  // peak * (t + 1) / warmup_steps, so the first step already moves.
+  double Rate(int64_t t) const;
+};
+
+// ShardOptions: everything that defines one shard's behaviour. All shards of a job
+// share these except shard_index; ConfigHash() covers the rest.
+struct ShardOptions {
+  int num_workers = 1;          // K
+  int min_workers = 0;          // quorum after the straggler timeout; 0 = K
+  int num_shards = 1;           // S
+  int shard_index = 0;
+  SmoothingMode mode = SmoothingMode::kGnc;
+  double gnc_scale = 1.0;                // rho
+  double max_perturbation_norm = 0.0;    // cap on ||delta_k|| per shard; 0 = none
+  double momentum = 0.9;
+  bool nesterov = false;
+  double weight_decay = 0.0;
+  LrSchedule lr;
+  uint64_t seed = 1;                     // isotropic noise
+  absl::Duration straggler_timeout = absl::Seconds(30);
+
+  int EffectiveMinWorkers() const { return min_workers > 0 ? min_workers : num_workers; }
+  // Validate: INVALID_ARGUMENT naming the bad setting.
+  absl::Status Validate() const;
+  // ConfigHash: stable hash of every job-wide setting (not shard_index, not the
+  // straggler timeout, which operators may tune per shard).
+  uint64_t ConfigHash() const;
+};
+
+}  // namespace gnc
+
+#endif  // GNC_SERVER_OPTIONS_H_

@@ -1,0 +1,60 @@
+// ComputeBackend: the dense math the built-in MLP needs, on CPU (OpenBLAS) or CUDA
+// (cuBLAS + small kernels). All matrices are row-major float32. Buffers are host
+// vectors at the interface; a device backend keeps its own device copies.
+//
+// Thread-compatible: one trainer thread uses a backend.
+#ifndef GNC_WORKER_COMPUTE_BACKEND_H_
+#define GNC_WORKER_COMPUTE_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace gnc {
+
+// MlpShape: layer widths, input first, classes last (e.g. {784, 256, 128, 10}).
+// Parameters of layer l (l = 0..L-1): weight W_l of shape [widths[l+1], widths[l]]
+// (out x in) then bias b_l of [widths[l+1]], concatenated in that order into the
+// flat parameter vector: W_0, b_0, W_1, b_1, ...
+struct MlpShape {
+  std::vector<int64_t> widths;
+  int64_t NumParameters() const;
+};
+
+// ComputeBackend: forward and backward of a ReLU MLP with softmax cross-entropy.
+class ComputeBackend {
+ public:
+  virtual ~ComputeBackend() = default;
+  virtual std::string Name() const = 0;
+
+  // LossAndGradient: mean cross-entropy over the batch at parameters `params`, and its
+  // gradient into `grad` (same layout as params).
+  // REQUIRES: inputs.size() == batch * widths[0], labels.size() == batch, each label in
+  // [0, widths.back()), params.size() == grad.size() == shape.NumParameters().
+  virtual absl::StatusOr<double> LossAndGradient(const MlpShape& shape,
+                                                 std::span<const float> params,
+                                                 std::span<const float> inputs,
+                                                 std::span<const int32_t> labels,
+                                                 std::span<float> grad) = 0;
+
+  // Evaluate: summed cross-entropy and the number of correct argmax predictions.
+  virtual absl::Status Evaluate(const MlpShape& shape, std::span<const float> params,
+                                std::span<const float> inputs, std::span<const int32_t> labels,
+                                double* loss_sum, int64_t* correct) = 0;
+};
+
+// NewCpuComputeBackend: CBLAS (OpenBLAS) GEMMs.
+std::unique_ptr<ComputeBackend> NewCpuComputeBackend();
+
+// NewCudaComputeBackend: cuBLAS; FAILED_PRECONDITION without a device or without CUDA
+// in the build.
+absl::StatusOr<std::unique_ptr<ComputeBackend>> NewCudaComputeBackend();
+
+}  // namespace gnc
+
+#endif  // GNC_WORKER_COMPUTE_BACKEND_H_
