@@ -169,6 +169,10 @@ grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream*
 
   std::vector<float> scratch;
   v1::TrainResponse ack_msg;
+  // After a late (ABORTED) chunk the next evaluation point waits until the worker
+  // has finished writing that gradient: both sides writing at once could fill both
+  // flow-control windows and deadlock.
+  bool eval_after_attempt = false;
   while (stream->Read(&req)) {
     if (!req.has_gradient()) return Invalid("expected a Gradient message after the Hello");
     const v1::TrainRequest::Gradient& g = req.gradient();
@@ -190,6 +194,11 @@ grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream*
     absl::StatusOr<PushOutcome> outcome = core_->PushGradient(chunk);
     if (outcome.ok() &&
         (*outcome == PushOutcome::kContinue || *outcome == PushOutcome::kDropped)) {
+      if (eval_after_attempt && chunk.last) {
+        eval_after_attempt = false;
+        sent = SendEvalPoint(ctx, stream, rank);
+        if (!sent.ok()) return ToGrpcStatus(sent.status());
+      }
       continue;
     }
     if (absl::IsCancelled(outcome.status())) {
@@ -205,7 +214,11 @@ grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream*
       absl::Status s = AwaitStep(ctx, rank, *session, chunk.step);
       if (!s.ok()) return ToGrpcStatus(s);
     } else if (!absl::IsAborted(outcome.status())) {
+      eval_after_attempt = false;
       continue;  // a bad gradient: the worker may send the step's gradient again
+    } else if (!chunk.last) {
+      eval_after_attempt = true;  // late: the point follows the attempt's last chunk
+      continue;
     }
     // Accepted and completed, or late: the worker carries on with the current step.
     sent = SendEvalPoint(ctx, stream, rank);
