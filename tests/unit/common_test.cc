@@ -1,0 +1,91 @@
+// Layout, shard map and wire codec.
+#include <cmath>
+#include <limits>
+
+#include "common/codec.h"
+#include "common/layout.h"
+#include "gtest/gtest.h"
+
+namespace gnc {
+namespace {
+
+TEST(LayoutTest, OffsetsHashAndValidation) {
+  absl::StatusOr<ModelLayout> l =
+      ModelLayout::Create({{"w", {3, 4}}, {"b", {4}}, {"s", {}}});
+  ASSERT_TRUE(l.ok());
+  EXPECT_EQ(l->NumElements(), 17);
+  EXPECT_EQ(l->Offset(1), 12);
+  EXPECT_EQ(l->Offset(2), 16);
+  absl::StatusOr<ModelLayout> other = ModelLayout::Create({{"w", {4, 3}}, {"b", {4}}, {"s", {}}});
+  EXPECT_NE(l->Hash(), other->Hash());
+  EXPECT_EQ(l->Hash(), ModelLayout::Create({{"w", {3, 4}}, {"b", {4}}, {"s", {}}})->Hash());
+  EXPECT_FALSE(ModelLayout::Create({}).ok());
+  EXPECT_FALSE(ModelLayout::Create({{"w", {3, 0}}}).ok());
+  EXPECT_FALSE(ModelLayout::Create({{"w", {3}}, {"w", {2}}}).ok());
+  EXPECT_FALSE(ModelLayout::Create({{"", {3}}}).ok());
+  EXPECT_FALSE(ModelLayout::Create({{"huge", {1 << 30, 1 << 30}}}).ok());
+}
+
+TEST(ShardMapTest, ContiguousBalancedCover) {
+  for (int64_t n : {1, 7, 100, 1001}) {
+    for (int s = 1; s <= 5; ++s) {
+      int64_t next = 0;
+      for (int i = 0; i < s; ++i) {
+        ShardRange r = ShardRangeFor(n, s, i);
+        EXPECT_EQ(r.begin, next);
+        EXPECT_LE(std::abs(r.size() - n / s), 1);
+        next = r.end;
+      }
+      EXPECT_EQ(next, n);
+    }
+  }
+}
+
+TEST(CodecTest, Float32RoundTripAndSum) {
+  std::vector<float> a = {1.5f, -2.0f, 3.25f}, b = {0.5f, 0.5f, 0.5f}, out(3);
+  v1::Chunk chunk;
+  ASSERT_TRUE(EncodeChunk(a, b, v1::FLOAT32, &chunk).ok());
+  EXPECT_EQ(chunk.data().size(), 12u);
+  EXPECT_EQ(*ChunkElementCount(chunk), 3);
+  ASSERT_TRUE(DecodeChunk(chunk, std::span<float>(out)).ok());
+  EXPECT_EQ(out, (std::vector<float>{2.0f, -1.5f, 3.75f}));
+  // Little-endian on the wire: 2.0f = 0x40000000.
+  EXPECT_EQ(static_cast<unsigned char>(chunk.data()[3]), 0x40);
+}
+
+TEST(CodecTest, Bfloat16RoundsToNearest) {
+  std::vector<float> a = {1.0f, 3.14159f, -1e-3f}, out(3);
+  v1::Chunk chunk;
+  ASSERT_TRUE(EncodeChunk(a, {}, v1::BFLOAT16, &chunk).ok());
+  EXPECT_EQ(chunk.data().size(), 6u);
+  ASSERT_TRUE(DecodeChunk(chunk, std::span<float>(out)).ok());
+  EXPECT_EQ(out[0], 1.0f);
+  EXPECT_NEAR(out[1], 3.140625f, 1e-6);  // nearest bf16
+  EXPECT_NEAR(out[2], -1e-3f, 1e-5);
+}
+
+TEST(CodecTest, RejectsBadPayloads) {
+  v1::Chunk chunk;
+  chunk.set_dtype(v1::FLOAT32);
+  chunk.set_data(std::string(7, '\0'));
+  EXPECT_EQ(ChunkElementCount(chunk).status().code(), absl::StatusCode::kInvalidArgument);
+  chunk.set_dtype(static_cast<v1::DType>(9));
+  chunk.set_data(std::string(8, '\0'));
+  EXPECT_EQ(ChunkElementCount(chunk).status().code(), absl::StatusCode::kInvalidArgument);
+  chunk.set_dtype(v1::FLOAT32);
+  std::vector<float> out(3);
+  EXPECT_EQ(DecodeChunk(chunk, std::span<float>(out)).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CodecTest, FindNonFinite) {
+  std::vector<float> v(5000, 1.0f);
+  EXPECT_EQ(FindNonFinite(v), -1);
+  v[4321] = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(FindNonFinite(v), 4321);
+  v[17] = std::nanf("");
+  EXPECT_EQ(FindNonFinite(v), 17);
+}
+
+}  // namespace
+}  // namespace gnc

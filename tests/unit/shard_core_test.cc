@@ -1,0 +1,423 @@
+// ShardCore without a network: the step barrier, the modes end to end, quorum and
+// every refusal leaving the state bit-identical.
+#include "server/shard_core.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/unit/reference_gnc.h"
+
+namespace gnc {
+namespace {
+
+using testing::RefConfig;
+using testing::RefMode;
+using testing::RefShard;
+
+ModelLayout Layout(int64_t n) {
+  return *ModelLayout::Create({TensorSpec{"a", {n - 1}}, TensorSpec{"b", {1}}});
+}
+
+// FakeClock: time moves only when the test says so.
+struct FakeClock {
+  absl::Time now = absl::UnixEpoch();
+  ShardCore::ClockFn Fn() {
+    return [this] { return now; };
+  }
+};
+
+class Harness {
+ public:
+  Harness(ShardOptions o, int64_t n, FakeClock* clock = nullptr)
+      : core_(o, NewCpuMergeBackend(), nullptr, clock ? clock->Fn() : nullptr), n_(n) {}
+
+  ShardCore& core() { return core_; }
+
+  void JoinAll(const std::vector<float>& w0) {
+    for (int r = 0; r < core_.options().num_workers; ++r) {
+      JoinArgs a = Args(r);
+      ASSERT_TRUE(core_.Join(a).ok());
+    }
+    ASSERT_TRUE(*core_.OfferParameters(0, w0));
+    for (int r = 0; r < core_.options().num_workers; ++r) {
+      absl::StatusOr<uint64_t> s = core_.OpenStream(r);
+      ASSERT_TRUE(s.ok()) << s.status();
+      sessions_[r] = *s;
+    }
+  }
+
+  JoinArgs Args(int rank) const {
+    JoinArgs a;
+    a.rank = rank;
+    a.num_workers = core_.options().num_workers;
+    a.num_shards = core_.options().num_shards;
+    a.shard_index = core_.options().shard_index;
+    a.layout = Layout(n_);
+    a.local_batch_size = 8;
+    return a;
+  }
+
+  uint64_t session(int rank) { return sessions_[rank]; }
+
+  // Push: the whole gradient in chunks of `chunk` elements.
+  absl::StatusOr<PushOutcome> Push(int rank, int64_t step, int64_t samples,
+                                   const std::vector<float>& g, int64_t chunk = 3) {
+    absl::StatusOr<PushOutcome> out = PushOutcome::kContinue;
+    for (int64_t off = 0; off < static_cast<int64_t>(g.size()); off += chunk) {
+      const int64_t len = std::min<int64_t>(chunk, g.size() - off);
+      GradientChunk c;
+      c.rank = rank;
+      c.session = sessions_[rank];
+      c.step = step;
+      c.num_samples = samples;
+      c.offset = off;
+      c.values = std::span<const float>(g.data() + off, len);
+      c.last = off + len == static_cast<int64_t>(g.size());
+      out = core_.PushGradient(c);
+      if (!out.ok()) return out;
+    }
+    return out;
+  }
+
+  std::vector<float> EvalPoint(int rank, int64_t step) {
+    std::vector<float> x(n_);
+    absl::Status s = core_.ReadEvalPoint(
+        rank, step, 0, n_, [&](std::span<const float> w, std::span<const float> d) {
+          for (int64_t i = 0; i < n_; ++i) x[i] = w[i] + (d.empty() ? 0.0f : d[i]);
+          return absl::OkStatus();
+        });
+    EXPECT_TRUE(s.ok()) << s;
+    return x;
+  }
+
+  // State: everything a refusal must leave alone, as bytes.
+  std::vector<float> State() {
+    std::vector<float> all, w;
+    int64_t step = 0;
+    EXPECT_TRUE(core_.Snapshot(&w, &step).ok());
+    all.push_back(static_cast<float>(step));
+    all.insert(all.end(), w.begin(), w.end());
+    for (int r = 0; r < core_.options().num_workers; ++r) {
+      std::vector<float> x = EvalPoint(r, step);
+      all.insert(all.end(), x.begin(), x.end());
+    }
+    return all;
+  }
+
+ private:
+  ShardCore core_;
+  int64_t n_;
+  std::map<int, uint64_t> sessions_;
+};
+
+bool BitIdentical(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+ShardOptions ThreeWorkers(SmoothingMode mode) {
+  ShardOptions o;
+  o.num_workers = 3;
+  o.mode = mode;
+  o.gnc_scale = 0.5;
+  o.momentum = 0.9;
+  o.weight_decay = 0.01;
+  o.lr.peak = 0.2;
+  o.lr.warmup_steps = 2;  // lr(0) = 0.1, lr(1) = 0.2
+  return o;
+}
+
+TEST(ShardCoreTest, GncTwoStepsMatchReferenceElementByElement) {
+  const int64_t n = 7;
+  Harness h(ThreeWorkers(SmoothingMode::kGnc), n);
+  const std::vector<float> w0 = {0.5f, -0.25f, 1.0f, 0.0f, 2.0f, -1.0f, 0.125f};
+  h.JoinAll(w0);
+  // Hand-made gradients, unequal batch sizes n = {1, 2, 5}.
+  const std::map<int, double> samples = {{0, 1}, {1, 2}, {2, 5}};
+  std::vector<std::vector<float>> g = {
+      {1, 2, 3, 4, 5, 6, 7}, {-1, 0, 1, 0, -1, 0, 1}, {0.5f, 0.5f, -0.5f, 2, 0, 0, -3}};
+  RefShard ref(std::vector<double>(w0.begin(), w0.end()));
+  RefConfig rc;
+  rc.mode = RefMode::kGnc;
+  rc.rho = 0.5;
+  rc.weight_decay = 0.01;
+
+  for (int64_t step = 0; step < 2; ++step) {
+    std::map<int, std::vector<double>> rg;
+    for (int r = 0; r < 3; ++r) {
+      // Each worker's gradient depends on its own evaluation point x_k.
+      std::vector<float> x = h.EvalPoint(r, step);
+      std::vector<double> rx = ref.EvalPoint(r);
+      for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(x[i], rx[i], 1e-6) << "x_" << r << "[" << i << "]";
+      std::vector<float> gk(n);
+      for (int64_t i = 0; i < n; ++i) gk[i] = g[r][i] + 0.5f * x[i];
+      rg[r] = std::vector<double>(n);
+      for (int64_t i = 0; i < n; ++i) rg[r][i] = g[r][i] + 0.5 * rx[i];
+      absl::StatusOr<PushOutcome> out = h.Push(r, step, static_cast<int64_t>(samples.at(r)), gk);
+      ASSERT_TRUE(out.ok()) << out.status();
+      EXPECT_EQ(*out, PushOutcome::kCommitted);
+      EXPECT_EQ(h.core().GetStatus().step, r < 2 ? step : step + 1);
+    }
+    ref.Step(rc, step == 0 ? 0.1 : 0.2, rg, samples);
+  }
+  std::vector<float> w;
+  int64_t step = 0;
+  ASSERT_TRUE(h.core().Snapshot(&w, &step).ok());
+  EXPECT_EQ(step, 2);
+  for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(w[i], ref.w[i], 1e-6) << i;
+  for (int r = 0; r < 3; ++r) {
+    std::vector<float> x = h.EvalPoint(r, 2);
+    std::vector<double> rx = ref.EvalPoint(r);
+    for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(x[i], rx[i], 1e-6) << r << " " << i;
+  }
+  // One value by hand: step 0, element 0. x = w0 for everyone; g_k = g[k] + 0.5*0.5.
+  // gbar = (1*1.25 + 2*(-0.75) + 5*0.75) / 8 = 0.4375; v = gbar + 0.01*0.5 = 0.4425;
+  // w1 = 0.5 - 0.1*0.4425 = 0.45575; delta_0 = -0.5*0.1*(1.25-0.4375) = -0.040625.
+  RefShard hand(std::vector<double>(w0.begin(), w0.end()));
+  std::map<int, std::vector<double>> g0;
+  for (int r = 0; r < 3; ++r) {
+    g0[r] = std::vector<double>(n);
+    for (int64_t i = 0; i < n; ++i) g0[r][i] = g[r][i] + 0.5 * w0[i];
+  }
+  hand.Step(rc, 0.1, g0, samples);
+  EXPECT_NEAR(hand.w[0], 0.45575, 1e-12);
+  EXPECT_NEAR(hand.delta[0][0], -0.040625, 1e-12);
+}
+
+TEST(ShardCoreTest, ModeNoneSendsUnperturbedPoint) {
+  Harness h(ThreeWorkers(SmoothingMode::kNone), 5);
+  h.JoinAll({1, 2, 3, 4, 5});
+  for (int r = 0; r < 3; ++r) ASSERT_TRUE(h.Push(r, 0, 4, {1.0f * r, 1, 1, 1, 1}).ok());
+  std::vector<float> w;
+  int64_t step;
+  ASSERT_TRUE(h.core().Snapshot(&w, &step).ok());
+  for (int r = 0; r < 3; ++r) EXPECT_TRUE(BitIdentical(h.EvalPoint(r, 1), w));
+}
+
+TEST(ShardCoreTest, EveryRefusalLeavesStateBitIdentical) {
+  const int64_t n = 6;
+  Harness h(ThreeWorkers(SmoothingMode::kGnc), n);
+  h.JoinAll({1, 1, 1, 1, 1, 1});
+  const std::vector<float> good = {1, 2, 3, 4, 5, 6};
+  // Complete step 0 so there are deltas and momentum to protect.
+  for (int r = 0; r < 3; ++r) ASSERT_TRUE(h.Push(r, 0, 2 + r, {good[0] * r, 2, 3, 4, 5, 6}).ok());
+  ASSERT_TRUE(h.Push(0, 1, 2, good).ok());  // rank 0 is in for step 1 already
+  const std::vector<float> before = h.State();
+
+  auto chunk = [&](int rank, int64_t step, int64_t off, std::vector<float> v, bool last,
+                   int64_t samples = 4) {
+    static std::vector<float> keep;
+    keep = std::move(v);
+    GradientChunk c;
+    c.rank = rank;
+    c.session = h.session(rank);
+    c.step = step;
+    c.num_samples = samples;
+    c.offset = off;
+    c.values = keep;
+    c.last = last;
+    return h.core().PushGradient(c);
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  struct Bad {
+    const char* what;
+    absl::StatusCode code;
+    std::function<absl::StatusOr<PushOutcome>()> push;
+  };
+  std::vector<Bad> cases = {
+      {"unknown worker", absl::StatusCode::kNotFound,
+       [&] { return chunk(9, 1, 0, {1}, false); }},
+      {"stale step", absl::StatusCode::kAborted, [&] { return chunk(1, 0, 0, good, true); }},
+      {"future step", absl::StatusCode::kFailedPrecondition,
+       [&] { return chunk(1, 2, 0, good, true); }},
+      {"duplicate gradient", absl::StatusCode::kAlreadyExists,
+       [&] { return chunk(0, 1, 0, good, true); }},
+      {"gap", absl::StatusCode::kInvalidArgument,
+       [&] {
+         EXPECT_TRUE(chunk(1, 1, 0, {1, 2}, false).ok());
+         return chunk(1, 1, 3, {1, 2, 3}, true);
+       }},
+      {"duplicate chunk", absl::StatusCode::kInvalidArgument,
+       [&] {
+         EXPECT_TRUE(chunk(1, 1, 0, {1, 2}, false).ok());
+         return chunk(1, 1, 0 + 1, {1, 2}, false);
+       }},
+      {"out of range", absl::StatusCode::kInvalidArgument,
+       [&] { return chunk(1, 1, 0, {1, 2, 3, 4, 5, 6, 7}, true); }},
+      {"NaN", absl::StatusCode::kInvalidArgument,
+       [&] {
+         EXPECT_TRUE(chunk(1, 1, 0, {1, 2, 3}, false).ok());
+         return chunk(1, 1, 3, {4, nan, 6}, true);
+       }},
+      {"Inf", absl::StatusCode::kInvalidArgument, [&] { return chunk(1, 1, 0, {inf}, false); }},
+      {"zero samples", absl::StatusCode::kInvalidArgument,
+       [&] { return chunk(1, 1, 0, good, true, 0); }},
+      {"early last", absl::StatusCode::kInvalidArgument,
+       [&] { return chunk(1, 1, 0, {1, 2}, true); }},
+      {"missing last", absl::StatusCode::kInvalidArgument,
+       [&] { return chunk(1, 1, 0, good, false); }},
+      {"bad decode", absl::StatusCode::kInvalidArgument,
+       [&] {
+         GradientChunk c;
+         c.rank = 1;
+         c.session = h.session(1);
+         c.step = 1;
+         c.num_samples = 1;
+         c.decode_status = absl::InvalidArgumentError("payload of 3 bytes");
+         return h.core().PushGradient(c);
+       }},
+      {"stale session", absl::StatusCode::kCancelled,
+       [&] {
+         GradientChunk c;
+         c.rank = 1;
+         c.session = 12345;
+         c.step = 1;
+         c.num_samples = 1;
+         c.values = good;
+         c.last = true;
+         return h.core().PushGradient(c);
+       }},
+  };
+  for (const Bad& b : cases) {
+    absl::StatusOr<PushOutcome> out = b.push();
+    EXPECT_EQ(out.status().code(), b.code) << b.what << ": " << out.status();
+    EXPECT_FALSE(out.status().message().empty()) << b.what;
+    EXPECT_TRUE(BitIdentical(h.State(), before)) << b.what;
+    EXPECT_EQ(h.core().GetStatus().step, 1) << b.what;
+  }
+  // The rest of a refused attempt is dropped without a second verdict.
+  ASSERT_FALSE(chunk(1, 1, 0, {nan, 1}, false).ok());
+  EXPECT_EQ(*chunk(1, 1, 2, {1, 2}, false), PushOutcome::kDropped);
+
+  // Join refusals.
+  JoinArgs a = h.Args(1);
+  a.layout = Layout(n + 1);
+  EXPECT_EQ(h.core().Join(a).status().code(), absl::StatusCode::kFailedPrecondition);
+  a = h.Args(1);
+  a.config_hash = 42;
+  EXPECT_EQ(h.core().Join(a).status().code(), absl::StatusCode::kFailedPrecondition);
+  a = h.Args(1);
+  a.num_workers = 4;
+  EXPECT_EQ(h.core().Join(a).status().code(), absl::StatusCode::kFailedPrecondition);
+  a = h.Args(1);
+  a.shard_index = 1;
+  a.num_shards = 2;
+  EXPECT_EQ(h.core().Join(a).status().code(), absl::StatusCode::kFailedPrecondition);
+  a = h.Args(5);
+  EXPECT_EQ(h.core().Join(a).status().code(), absl::StatusCode::kInvalidArgument);
+  a = h.Args(1);
+  a.local_batch_size = 0;
+  EXPECT_EQ(h.core().Join(a).status().code(), absl::StatusCode::kInvalidArgument);
+  a = h.Args(1);
+  a.config_hash = h.core().options().ConfigHash();
+  EXPECT_TRUE(h.core().Join(a).ok());  // idempotent re-join
+  // Offers: wrong size, non-finite, and a second valid one that must be discarded.
+  EXPECT_EQ(h.core().OfferParameters(1, {1, 2}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(h.core().OfferParameters(1, {1, 2, 3, nan, 5, 6}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(*h.core().OfferParameters(1, {9, 9, 9, 9, 9, 9}));
+  EXPECT_TRUE(BitIdentical(h.State(), before));
+
+  // After all that, valid gradients complete step 1 exactly as if nothing happened.
+  Harness clean(ThreeWorkers(SmoothingMode::kGnc), n);
+  clean.JoinAll({1, 1, 1, 1, 1, 1});
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_TRUE(clean.Push(r, 0, 2 + r, {good[0] * r, 2, 3, 4, 5, 6}).ok());
+  }
+  ASSERT_TRUE(clean.Push(0, 1, 2, good).ok());
+  for (Harness* x : {&h, &clean}) {
+    ASSERT_TRUE(x->Push(1, 1, 3, {6, 5, 4, 3, 2, 1}).ok());
+    ASSERT_TRUE(x->Push(2, 1, 3, {0, 0, 0, 1, 1, 1}).ok());
+  }
+  EXPECT_TRUE(BitIdentical(h.State(), clean.State()));
+}
+
+TEST(ShardCoreTest, StragglerTimeoutCompletesWithQuorumAndLateGradientIsAborted) {
+  FakeClock clock;
+  ShardOptions o = ThreeWorkers(SmoothingMode::kGnc);
+  o.min_workers = 2;
+  o.straggler_timeout = absl::Seconds(5);
+  Harness h(o, 4, &clock);
+  h.JoinAll({0, 0, 0, 0});
+  ASSERT_TRUE(h.Push(0, 0, 1, {1, 1, 1, 1}).ok());
+  ASSERT_TRUE(h.Push(1, 0, 1, {3, 3, 3, 3}).ok());
+  clock.now += absl::Seconds(4);
+  h.core().CheckDeadline();
+  EXPECT_EQ(h.core().GetStatus().step, 0);  // still waiting for rank 2
+  clock.now += absl::Seconds(2);
+  h.core().CheckDeadline();
+  EXPECT_EQ(h.core().GetStatus().step, 1);
+  std::vector<float> w;
+  int64_t step;
+  ASSERT_TRUE(h.core().Snapshot(&w, &step).ok());
+  EXPECT_NEAR(w[0], -0.1 * 2.0, 1e-6);  // mean of the two, lr(0) = 0.1
+  // The straggler's gradient for step 0 is late; it carries on from w (no delta).
+  absl::StatusOr<PushOutcome> late = h.Push(2, 0, 1, {100, 100, 100, 100});
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kAborted);
+  EXPECT_TRUE(BitIdentical(h.EvalPoint(2, 1), w));
+  EXPECT_FALSE(BitIdentical(h.EvalPoint(0, 1), w));  // contributors are perturbed
+  ASSERT_TRUE(h.core().Snapshot(&w, &step).ok());
+  EXPECT_NEAR(w[0], -0.2, 1e-6);  // the late gradient changed nothing
+}
+
+TEST(ShardCoreTest, QuorumIsNotEnoughBeforeTheTimeoutButDisconnectIs) {
+  FakeClock clock;
+  ShardOptions o = ThreeWorkers(SmoothingMode::kNone);
+  o.min_workers = 2;
+  Harness h(o, 4, &clock);
+  h.JoinAll({0, 0, 0, 0});
+  ASSERT_TRUE(h.Push(0, 0, 1, {1, 1, 1, 1}).ok());
+  ASSERT_TRUE(h.Push(1, 0, 1, {1, 1, 1, 1}).ok());
+  EXPECT_EQ(h.core().GetStatus().step, 0);
+  h.core().CloseStream(2, h.session(2));  // worker 2 died
+  EXPECT_EQ(h.core().GetStatus().step, 1);
+  EXPECT_EQ(h.core().GetStatus().connected, 2);
+}
+
+TEST(ShardCoreTest, BelowQuorumWaitsEvenAfterTimeout) {
+  FakeClock clock;
+  ShardOptions o = ThreeWorkers(SmoothingMode::kNone);
+  o.min_workers = 2;
+  Harness h(o, 4, &clock);
+  h.JoinAll({0, 0, 0, 0});
+  ASSERT_TRUE(h.Push(0, 0, 1, {1, 1, 1, 1}).ok());
+  h.core().CloseStream(1, h.session(1));
+  h.core().CloseStream(2, h.session(2));
+  clock.now += absl::Hours(1);
+  h.core().CheckDeadline();
+  EXPECT_EQ(h.core().GetStatus().step, 0);
+}
+
+TEST(ShardCoreTest, NewStreamSupersedesOldAndLeaveFinishesJob) {
+  Harness h(ThreeWorkers(SmoothingMode::kNone), 4);
+  h.JoinAll({0, 0, 0, 0});
+  const uint64_t old = h.session(1);
+  absl::StatusOr<uint64_t> fresh = h.core().OpenStream(1);
+  ASSERT_TRUE(fresh.ok());
+  EXPECT_EQ(h.core().WaitForStep(1, old, 0, absl::Milliseconds(1)).status().code(),
+            absl::StatusCode::kCancelled);
+  h.core().CloseStream(1, old);  // the old stream's close must not disconnect the new one
+  EXPECT_EQ(h.core().GetStatus().connected, 3);
+  for (int r = 0; r < 3; ++r) EXPECT_TRUE(h.core().Leave(r).ok());
+  EXPECT_TRUE(h.core().AllFinished());
+  EXPECT_EQ(h.core().Leave(7).code(), absl::StatusCode::kNotFound);
+  h.core().Drain();
+  EXPECT_EQ(h.core().Join(h.Args(0)).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(ShardCoreTest, EvalPointOfAnOldStepIsAborted) {
+  Harness h(ThreeWorkers(SmoothingMode::kNone), 4);
+  h.JoinAll({0, 0, 0, 0});
+  for (int r = 0; r < 3; ++r) ASSERT_TRUE(h.Push(r, 0, 1, {1, 1, 1, 1}).ok());
+  absl::Status s = h.core().ReadEvalPoint(
+      0, 0, 0, 4, [](std::span<const float>, std::span<const float>) { return absl::OkStatus(); });
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
+}
+
+}  // namespace
+}  // namespace gnc
