@@ -1,0 +1,301 @@
+// gnc-worker: one rank of a gnc job running the built-in trainer (ReLU MLP on
+// Fashion-MNIST, CPU or CUDA). Exit codes: 0 done, 1 runtime error, 2 bad flags.
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/log.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "worker/client.h"
+#include "worker/compute_backend.h"
+#include "worker/idx_reader.h"
+#include "worker/trainer.h"
+#include "worker/worker_metrics.h"
+
+ABSL_FLAG(std::string, servers, "",
+          "Comma-separated host:port of the job's shards, shard 0 first (required)");
+ABSL_FLAG(int, rank, 0, "This worker's rank in [0, num_workers)");
+ABSL_FLAG(int, num_workers, 1, "Number of workers K in the job");
+ABSL_FLAG(int64_t, batch_size, 64, "Samples per step on this worker");
+ABSL_FLAG(int64_t, epochs, 1, "Passes over this worker's slice of the training set");
+ABSL_FLAG(int64_t, steps, 0, "Total steps; overrides --epochs when > 0");
+ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
+          "Folder with the Fashion-MNIST IDX gzip files");
+ABSL_FLAG(uint64_t, seed, 1, "Seed of w0 (the same on every rank) and of the shuffles");
+ABSL_FLAG(std::string, hidden, "256,128", "Hidden layer widths, comma-separated (\"\" = none)");
+ABSL_FLAG(std::string, device, "auto", "Compute device: auto (CUDA if present), cpu or cuda");
+ABSL_FLAG(std::optional<bool>, evaluate, std::nullopt,
+          "true|false: test the unperturbed w at every epoch boundary and at the end "
+          "(unset: rank 0 does)");
+ABSL_FLAG(absl::Duration, progress_interval, absl::Seconds(5), "Time between progress lines");
+ABSL_FLAG(int, metrics_port, 0, "Prometheus /metrics port (0 disables)");
+ABSL_FLAG(std::string, metrics_address, "0.0.0.0", "Address of the /metrics listener");
+ABSL_FLAG(std::string, config_hash, "0",
+          "Server config hash to insist on, in hex as gnc-server prints it (0 = not pinned)");
+ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(60),
+          "How long to keep retrying shards that are not up yet");
+ABSL_FLAG(int64_t, train_limit, 0, "Use only the first N training images (0 = all)");
+ABSL_FLAG(int64_t, test_limit, 0, "Use only the first N test images (0 = all)");
+ABSL_FLAG(bool, check_config, false,
+          "Validate the flags and exit (0 if valid) without connecting or reading data");
+
+namespace gnc {
+namespace {
+
+// The standard Fashion-MNIST sizes; --check_config plans with these as it reads no data.
+constexpr int64_t kTrainImages = 60000;
+constexpr int64_t kInputWidth = 784;
+constexpr int64_t kClasses = 10;
+
+struct WorkerConfig {
+  std::vector<std::string> servers;
+  TrainerOptions trainer;
+  MlpShape shape;
+  std::string device;
+  uint64_t config_hash = 0;
+  int64_t train_limit = 0;
+  int64_t test_limit = 0;
+};
+
+absl::Status CheckServers(const std::vector<std::string>& servers) {
+  if (servers.empty()) return absl::InvalidArgumentError("--servers is required");
+  for (const std::string& s : servers) {
+    const size_t colon = s.rfind(':');
+    int port = 0;
+    if (colon == std::string::npos || colon == 0 ||
+        !absl::SimpleAtoi(s.substr(colon + 1), &port) || port < 1 || port > 65535) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--servers entry '", s, "' is not host:port"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<WorkerConfig> ConfigFromFlags() {
+  WorkerConfig c;
+  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_servers), ',')) {
+    s = absl::StripAsciiWhitespace(s);
+    if (!s.empty()) c.servers.emplace_back(s);
+  }
+  if (absl::Status s = CheckServers(c.servers); !s.ok()) return s;
+
+  TrainerOptions& t = c.trainer;
+  t.rank = absl::GetFlag(FLAGS_rank);
+  t.num_workers = absl::GetFlag(FLAGS_num_workers);
+  t.batch_size = absl::GetFlag(FLAGS_batch_size);
+  t.epochs = absl::GetFlag(FLAGS_epochs);
+  t.steps = absl::GetFlag(FLAGS_steps);
+  t.seed = absl::GetFlag(FLAGS_seed);
+  t.evaluate = absl::GetFlag(FLAGS_evaluate).value_or(t.rank == 0);
+  t.progress_interval = absl::GetFlag(FLAGS_progress_interval);
+  if (t.progress_interval <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--progress_interval must be positive");
+  }
+
+  c.shape.widths = {kInputWidth};
+  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_hidden), ',', absl::SkipEmpty())) {
+    int64_t width = 0;
+    if (!absl::SimpleAtoi(s, &width) || width < 1 || width > (1 << 16)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--hidden: '", s, "' is not a width in [1, 65536]"));
+    }
+    c.shape.widths.push_back(width);
+  }
+  c.shape.widths.push_back(kClasses);
+
+  c.device = absl::GetFlag(FLAGS_device);
+  if (c.device != "auto" && c.device != "cpu" && c.device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device: unknown device '", c.device, "' (auto, cpu, cuda)"));
+  }
+  const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  if (metrics_port < 0 || metrics_port > 65535) {
+    return absl::InvalidArgumentError("--metrics_port must be in [0, 65535]");
+  }
+  absl::string_view hash = absl::StripAsciiWhitespace(absl::GetFlag(FLAGS_config_hash));
+  absl::ConsumePrefix(&hash, "0x");
+  if (!absl::SimpleHexAtoi(hash, &c.config_hash)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--config_hash: '", absl::GetFlag(FLAGS_config_hash), "' is not hex"));
+  }
+  if (absl::GetFlag(FLAGS_connect_timeout) <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--connect_timeout must be positive");
+  }
+  c.train_limit = absl::GetFlag(FLAGS_train_limit);
+  c.test_limit = absl::GetFlag(FLAGS_test_limit);
+  if (c.train_limit < 0 || c.test_limit < 0) {
+    return absl::InvalidArgumentError("--train_limit and --test_limit must be >= 0");
+  }
+  return c;
+}
+
+int64_t Limit(int64_t count, int64_t limit) { return limit > 0 ? std::min(count, limit) : count; }
+
+absl::StatusOr<std::unique_ptr<ComputeBackend>> MakeBackend(const std::string& device) {
+  if (device == "cpu") return NewCpuComputeBackend();
+  absl::StatusOr<std::unique_ptr<ComputeBackend>> cuda = NewCudaComputeBackend();
+  if (cuda.ok()) return cuda;
+  if (device == "cuda") {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--device=cuda but CUDA is unavailable: ", cuda.status().message()));
+  }
+  LogInfo("compute backend: cpu (", cuda.status().message(), ")");
+  return NewCpuComputeBackend();
+}
+
+// Run: everything after flag validation. Exit code 1 on any error; a bad plan for
+// the data actually found (slice smaller than the batch) is a flag error (2).
+int Run(const WorkerConfig& config) {
+  const TrainerOptions& t = config.trainer;
+  absl::StatusOr<std::unique_ptr<ComputeBackend>> backend = MakeBackend(config.device);
+  if (!backend.ok()) {
+    LogError("gnc-worker: ", backend.status().message());
+    return 1;
+  }
+  LogInfo("compute backend: ", (*backend)->Name());
+
+  const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
+  const IdxPaths train_paths = FashionMnistPaths(data_dir, /*train=*/true);
+  absl::StatusOr<int64_t> train_count = ReadIdxCount(train_paths.images);
+  if (!train_count.ok()) {
+    LogError("gnc-worker: training data: ", train_count.status().message());
+    return 1;
+  }
+  absl::StatusOr<TrainPlan> plan = PlanTraining(t, Limit(*train_count, config.train_limit));
+  if (!plan.ok()) {
+    LogError("invalid configuration: ", plan.status().message());
+    return 2;
+  }
+  absl::StatusOr<Dataset> train = LoadIdxDataset(train_paths.images, train_paths.labels,
+                                                 {plan->slice_begin, plan->slice_size});
+  if (!train.ok()) {
+    LogError("gnc-worker: training data: ", train.status().message());
+    return 1;
+  }
+  Dataset test;
+  if (t.evaluate) {
+    const IdxPaths test_paths = FashionMnistPaths(data_dir, /*train=*/false);
+    absl::StatusOr<int64_t> test_count = ReadIdxCount(test_paths.images);
+    absl::StatusOr<Dataset> loaded =
+        test_count.ok() ? LoadIdxDataset(test_paths.images, test_paths.labels,
+                                         {0, Limit(*test_count, config.test_limit)})
+                        : absl::StatusOr<Dataset>(test_count.status());
+    if (!loaded.ok()) {
+      LogError("gnc-worker: test data: ", loaded.status().message());
+      return 1;
+    }
+    test = *std::move(loaded);
+  }
+  for (const Dataset* d : {&*train, &test}) {
+    if (d->count > 0 && d->dim != kInputWidth) {
+      LogError("gnc-worker: images under ", data_dir, " have ", d->dim, " pixels, expected ",
+               kInputWidth);
+      return 1;
+    }
+    for (int32_t y : d->labels) {
+      if (y < 0 || y >= kClasses) {
+        LogError("gnc-worker: label ", y, " under ", data_dir, " is outside [0, ", kClasses, ")");
+        return 1;
+      }
+    }
+  }
+  LogInfo("worker ", t.rank, "/", t.num_workers, ": training examples [", plan->slice_begin, ", ",
+          plan->slice_begin + plan->slice_size, "), ", plan->steps_per_epoch,
+          " steps per epoch, ", plan->total_steps, " steps, batch ", t.batch_size,
+          t.evaluate ? absl::StrCat(", evaluating on ", test.count, " test images") : "");
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  WorkerMetrics metrics(*registry, t.rank, t.evaluate);
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (const int port = absl::GetFlag(FLAGS_metrics_port); port > 0) {
+    const std::string where = absl::StrCat(absl::GetFlag(FLAGS_metrics_address), ":", port);
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(where);
+    } catch (const std::exception& e) {
+      LogError("gnc-worker: cannot serve metrics on ", where, ": ", e.what());
+      return 1;
+    }
+    exposer->RegisterCollectable(registry);
+    LogInfo("metrics on http://", where, "/metrics");
+  }
+
+  absl::StatusOr<ModelLayout> layout = MlpLayout(config.shape);
+  if (!layout.ok()) {
+    LogError("gnc-worker: ", layout.status().message());
+    return 2;
+  }
+  ClientOptions co;
+  co.servers = config.servers;
+  co.rank = t.rank;
+  co.num_workers = t.num_workers;
+  co.layout = *layout;
+  co.local_batch_size = t.batch_size;
+  co.config_hash = config.config_hash;
+  co.connect_timeout = absl::GetFlag(FLAGS_connect_timeout);
+  absl::StatusOr<std::unique_ptr<GncClient>> client = GncClient::Connect(co);
+  if (!client.ok()) {
+    LogError("gnc-worker: connect to ", absl::StrJoin(config.servers, ","), ": ",
+             client.status().ToString());
+    return 1;
+  }
+  LogInfo("worker ", t.rank, " joined ", config.servers.size(), " shard(s), mode ",
+          (*client)->job().mode);
+
+  Trainer trainer(t, *plan, config.shape, backend->get(), &*train, t.evaluate ? &test : nullptr,
+                  &metrics);
+  absl::StatusOr<TrainSummary> summary = trainer.Run(**client);
+  if (!summary.ok()) {
+    LogError("gnc-worker: ", summary.status().ToString());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace gnc
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "gnc-worker: one worker of a gnc job, training the built-in MLP on Fashion-MNIST");
+  absl::ParseCommandLine(argc, argv);
+  absl::StatusOr<gnc::WorkerConfig> config = gnc::ConfigFromFlags();
+  if (!config.ok()) {
+    gnc::LogError("invalid configuration: ", config.status().message());
+    return 2;
+  }
+  if (absl::GetFlag(FLAGS_check_config)) {
+    const int64_t limit = absl::GetFlag(FLAGS_train_limit);
+    absl::StatusOr<gnc::TrainPlan> plan = gnc::PlanTraining(
+        config->trainer, limit > 0 ? std::min(limit, gnc::kTrainImages) : gnc::kTrainImages);
+    if (!plan.ok()) {
+      gnc::LogError("invalid configuration: ", plan.status().message());
+      return 2;
+    }
+    std::printf("config ok: worker %d/%d, %zu shard(s), batch %lld, %lld steps "
+                "(%lld per epoch, assuming %lld training images), evaluate=%s\n",
+                config->trainer.rank, config->trainer.num_workers, config->servers.size(),
+                static_cast<long long>(config->trainer.batch_size),
+                static_cast<long long>(plan->total_steps),
+                static_cast<long long>(plan->steps_per_epoch),
+                static_cast<long long>(limit > 0 ? std::min(limit, gnc::kTrainImages)
+                                                 : gnc::kTrainImages),
+                config->trainer.evaluate ? "true" : "false");
+    return 0;
+  }
+  return gnc::Run(*config);
+}
