@@ -1,11 +1,311 @@
-// Entry point of the CUDA merge backend. Until the kernels land it reports that the
-// CUDA merge is not available, so --device=auto falls back to the CPU.
+// CudaMergeBackend: the merge of server/merge_cpu.cc on a CUDA device. Per step it
+// stages the gradients, w and v to the device through pinned chunks on its own
+// stream, runs the fused pass (mean, norms, optimizer, gnc deltas), reduces the
+// per-block partials in a fixed order, then, once sigma or the norms are known on the
+// host, the isotropic noise and the cap, and copies w, v and the deltas back.
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "server/cuda/cuda_memory.h"
+#include "server/cuda/cuda_status.h"
+#include "server/cuda/merge_kernels.h"
+#include "server/cuda/pinned_stager.h"
 #include "server/device.h"
+#include "server/noise_rng.h"
 
 namespace gnc {
+namespace {
+
+using cuda::DeviceArray;
+using cuda::PinnedArray;
+
+#define GNC_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    if (absl::Status s_ = (expr); !s_.ok()) {  \
+      return s_;                               \
+    }                                          \
+  } while (false)
+
+// Rows are padded to 64 floats: 256-byte aligned rows, whole float4s for the pass.
+constexpr int64_t kRowAlign = 64;
+
+template <typename T>
+absl::Status Grow(size_t size, DeviceArray<T>* array) {
+  if (array->size() >= size) return absl::OkStatus();
+  *array = DeviceArray<T>();  // free first: lower peak memory
+  absl::StatusOr<DeviceArray<T>> fresh = DeviceArray<T>::Allocate(size);
+  if (!fresh.ok()) return fresh.status();
+  *array = std::move(*fresh);
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status Grow(size_t size, PinnedArray<T>* array) {
+  if (array->size() >= size) return absl::OkStatus();
+  *array = PinnedArray<T>();
+  absl::StatusOr<PinnedArray<T>> fresh = PinnedArray<T>::Allocate(size);
+  if (!fresh.ok()) return fresh.status();
+  *array = std::move(*fresh);
+  return absl::OkStatus();
+}
+
+class CudaMergeBackend final : public MergeBackend {
+ public:
+  static absl::StatusOr<std::unique_ptr<MergeBackend>> Create(int device);
+
+  std::string Name() const override { return name_; }
+
+  absl::Status Merge(const MergeParams& p, const MergeInputs& in, std::span<float> w,
+                     std::span<float> v, std::span<const std::span<float>> deltas,
+                     MergeStats* stats) override;
+
+ private:
+  CudaMergeBackend() = default;
+
+  // Layout: device buffers for `num` rows of `d` elements, with zero padding. A new d
+  // clears everything (old values in what is now padding would enter the norms).
+  absl::Status Layout(int num, size_t d);
+  // Sums: reduces `rows` x `cols` partials into host memory (waits for the stream).
+  absl::Status Sums(int rows, int cols);
+
+  int device_ = 0;
+  int sm_count_ = 1;
+  size_t max_shared_bytes_ = 48 * 1024;
+  std::string name_;
+  cuda::Stream stream_;
+  std::unique_ptr<cuda::PinnedStager> stager_;
+
+  size_t d_ = 0;         // elements per row of the current layout
+  int64_t stride_ = 0;   // floats per row
+  int rows_ = 0;         // rows allocated in grads_ and deltas_
+  int pass_blocks_ = 1;  // grid of the merge pass for this layout
+  int row_blocks_ = 1;   // grid (per row) of the noise and scale kernels
+  DeviceArray<float> grads_, deltas_, w_, v_, weights_, scales_;
+  DeviceArray<uint64_t> keys_;
+  DeviceArray<double> partials_, sums_;
+  PinnedArray<float> weights_host_, scales_host_;
+  PinnedArray<uint64_t> keys_host_;
+  PinnedArray<double> sums_host_;
+};
+
+absl::StatusOr<std::unique_ptr<MergeBackend>> CudaMergeBackend::Create(int device) {
+  std::unique_ptr<CudaMergeBackend> b(new CudaMergeBackend());
+  b->device_ = device;
+  GNC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
+  cudaDeviceProp prop;
+  GNC_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
+  b->sm_count_ = prop.multiProcessorCount;
+  b->max_shared_bytes_ = prop.sharedMemPerBlockOptin;
+  b->name_ = absl::StrCat("cuda:", device, " (", prop.name, ")");
+  absl::StatusOr<cuda::Stream> stream = cuda::Stream::Create();
+  if (!stream.ok()) return stream.status();
+  b->stream_ = std::move(*stream);
+  absl::StatusOr<std::unique_ptr<cuda::PinnedStager>> stager =
+      cuda::PinnedStager::Create(b->stream_.get());
+  if (!stager.ok()) return stager.status();
+  b->stager_ = std::move(*stager);
+  return std::unique_ptr<MergeBackend>(std::move(b));
+}
+
+absl::Status CudaMergeBackend::Layout(int num, size_t d) {
+  const int64_t stride = (static_cast<int64_t>(d) + kRowAlign - 1) / kRowAlign * kRowAlign;
+  if (d == d_ && num <= rows_) return absl::OkStatus();
+  const int rows = d == d_ ? std::max(num, rows_) : num;
+  const size_t row_floats = static_cast<size_t>(rows) * stride;
+  GNC_RETURN_IF_ERROR(Grow(row_floats, &grads_));
+  GNC_RETURN_IF_ERROR(Grow(row_floats, &deltas_));
+  GNC_RETURN_IF_ERROR(Grow(stride, &w_));
+  GNC_RETURN_IF_ERROR(Grow(stride, &v_));
+  GNC_RETURN_IF_ERROR(Grow(rows, &weights_));
+  GNC_RETURN_IF_ERROR(Grow(rows, &scales_));
+  GNC_RETURN_IF_ERROR(Grow(rows, &keys_));
+  GNC_RETURN_IF_ERROR(Grow(rows, &weights_host_));
+  GNC_RETURN_IF_ERROR(Grow(rows, &scales_host_));
+  GNC_RETURN_IF_ERROR(Grow(rows, &keys_host_));
+  pass_blocks_ = cuda::PersistentBlocks(stride / 4, sm_count_, cuda::kMergeBlocksPerSm);
+  row_blocks_ = cuda::PersistentBlocks(static_cast<int64_t>(d), sm_count_, 2);
+  const size_t partial_count = std::max(static_cast<size_t>(2 * rows + 1) * pass_blocks_,
+                                        static_cast<size_t>(rows) * row_blocks_);
+  GNC_RETURN_IF_ERROR(Grow(partial_count, &partials_));
+  GNC_RETURN_IF_ERROR(Grow(2 * rows + 1, &sums_));
+  GNC_RETURN_IF_ERROR(Grow(2 * rows + 1, &sums_host_));
+  cudaStream_t s = stream_.get();
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), s));
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(deltas_.data(), 0, deltas_.bytes(), s));
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(w_.data(), 0, w_.bytes(), s));
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(v_.data(), 0, v_.bytes(), s));
+  d_ = d;
+  stride_ = stride;
+  rows_ = rows;
+  return absl::OkStatus();
+}
+
+absl::Status CudaMergeBackend::Sums(int rows, int cols) {
+  cudaStream_t s = stream_.get();
+  GNC_CUDA_RETURN_IF_ERROR(cuda::LaunchReduceRows(partials_.data(), rows, cols, sums_.data(), s));
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(sums_host_.data(), sums_.data(), rows * sizeof(double),
+                                           cudaMemcpyDeviceToHost, s));
+  GNC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
+  return absl::OkStatus();
+}
+
+absl::Status CudaMergeBackend::Merge(const MergeParams& p, const MergeInputs& in,
+                                     std::span<float> w, std::span<float> v,
+                                     std::span<const std::span<float>> deltas,
+                                     MergeStats* stats) {
+  const size_t num = in.grads.size();
+  const size_t d = w.size();
+  if (num == 0) return absl::InvalidArgumentError("merge with no gradients");
+  if (in.num_samples.size() != num || in.ranks.size() != num || deltas.size() != num ||
+      v.size() != d) {
+    return absl::InvalidArgumentError("merge inputs disagree in size");
+  }
+  for (size_t k = 0; k < num; ++k) {
+    if (in.grads[k].size() != d || deltas[k].size() != d) {
+      return absl::InvalidArgumentError(absl::StrCat("contributor ", k, " has ",
+                                                     in.grads[k].size(), " gradient and ",
+                                                     deltas[k].size(), " delta elements, not ", d));
+    }
+  }
+  double total = 0;
+  for (double n : in.num_samples) total += n;
+  if (!(total > 0)) return absl::InvalidArgumentError("merge with no samples");
+  if (num > 65535 || cuda::MergePassSharedBytes(static_cast<int>(num)) > max_shared_bytes_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(num, " contributors exceed what the CUDA merge handles on ", name_));
+  }
+  *stats = MergeStats();
+  stats->noise_sqnorm.assign(num, 0.0);
+  if (d == 0) return absl::OkStatus();
+
+  const int k_num = static_cast<int>(num);
+  cudaStream_t s = stream_.get();
+  GNC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  GNC_RETURN_IF_ERROR(Layout(k_num, d));
+
+  for (size_t k = 0; k < num; ++k) {
+    weights_host_[k] = static_cast<float>(in.num_samples[k] / total);
+    keys_host_[k] = NoiseKey(p.seed, p.noise_step, in.ranks[k]);
+  }
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(weights_.data(), weights_host_.data(),
+                                           num * sizeof(float), cudaMemcpyHostToDevice, s));
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(keys_.data(), keys_host_.data(),
+                                           num * sizeof(uint64_t), cudaMemcpyHostToDevice, s));
+  std::vector<cuda::HostToDevice> up;
+  for (size_t k = 0; k < num; ++k) {
+    up.push_back({in.grads[k].data(), grads_.data() + k * stride_, d * sizeof(float)});
+  }
+  up.push_back({w.data(), w_.data(), d * sizeof(float)});
+  up.push_back({v.data(), v_.data(), d * sizeof(float)});
+  GNC_RETURN_IF_ERROR(stager_->Upload(up));
+
+  cuda::MergePassArgs a;
+  a.grads = grads_.data();
+  a.deltas = deltas_.data();
+  a.w = w_.data();
+  a.v = v_.data();
+  a.weights = weights_.data();
+  a.partials = partials_.data();
+  a.stride = stride_;
+  a.num = k_num;
+  a.num_blocks = pass_blocks_;
+  a.lr = static_cast<float>(p.lr);
+  a.momentum = static_cast<float>(p.momentum);
+  a.weight_decay = static_cast<float>(p.weight_decay);
+  a.delta_coef = static_cast<float>(-p.gnc_scale * p.lr);
+  a.nesterov = p.nesterov;
+  a.write_deltas = p.mode == SmoothingMode::kGnc;
+  GNC_CUDA_RETURN_IF_ERROR(cuda::LaunchMergePass(a, s));
+  GNC_RETURN_IF_ERROR(Sums(2 * k_num + 1, pass_blocks_));
+
+  double grad_sq_sum = 0, noise_sq_sum = 0;
+  for (size_t k = 0; k < num; ++k) {
+    grad_sq_sum += sums_host_[k];
+    noise_sq_sum += sums_host_[num + k];
+    stats->noise_sqnorm[k] = sums_host_[num + k];
+  }
+  stats->mean_grad_sqnorm = sums_host_[2 * num];
+  stats->grad_sqnorm_mean = grad_sq_sum / num;
+  stats->noise_sqnorm_mean = noise_sq_sum / num;
+
+  // Squared norm of each delta before any cap, as the CPU reference forms it.
+  std::vector<double> delta_sq(num, 0.0);
+  const double coef2 = p.gnc_scale * p.gnc_scale * p.lr * p.lr;
+  if (p.mode == SmoothingMode::kGnc) {
+    for (size_t k = 0; k < num; ++k) delta_sq[k] = coef2 * stats->noise_sqnorm[k];
+  } else if (p.mode == SmoothingMode::kIsotropic) {
+    cuda::IsotropicNoiseArgs n;
+    n.deltas = deltas_.data();
+    n.keys = keys_.data();
+    n.partials = partials_.data();
+    n.stride = stride_;
+    n.d = static_cast<int64_t>(d);
+    n.global_offset = p.global_offset;
+    n.sigma = std::sqrt(coef2 * stats->noise_sqnorm_mean / d);
+    n.num = k_num;
+    n.num_blocks = row_blocks_;
+    GNC_CUDA_RETURN_IF_ERROR(cuda::LaunchIsotropicNoise(n, s));
+    GNC_RETURN_IF_ERROR(Sums(k_num, row_blocks_));
+    for (size_t k = 0; k < num; ++k) delta_sq[k] = sums_host_[k];
+  }
+
+  double pert = 0;
+  bool any_capped = false;
+  for (size_t k = 0; k < num; ++k) {
+    scales_host_[k] = 1.0f;
+    const double norm = std::sqrt(delta_sq[k]);
+    if (p.mode != SmoothingMode::kNone && p.max_perturbation_norm > 0 &&
+        norm > p.max_perturbation_norm) {
+      scales_host_[k] = static_cast<float>(p.max_perturbation_norm / norm);
+      delta_sq[k] = p.max_perturbation_norm * p.max_perturbation_norm;
+      any_capped = true;
+    }
+    pert += delta_sq[k];
+  }
+  stats->perturbation_sqnorm = p.mode == SmoothingMode::kNone ? 0.0 : pert / num;
+  if (any_capped) {
+    GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(scales_.data(), scales_host_.data(),
+                                             num * sizeof(float), cudaMemcpyHostToDevice, s));
+    GNC_CUDA_RETURN_IF_ERROR(cuda::LaunchScaleRows(deltas_.data(), stride_, k_num,
+                                                   static_cast<int64_t>(d), scales_.data(),
+                                                   row_blocks_, s));
+  }
+
+  std::vector<cuda::DeviceToHost> down;
+  down.push_back({w_.data(), w.data(), d * sizeof(float)});
+  down.push_back({v_.data(), v.data(), d * sizeof(float)});
+  if (p.mode != SmoothingMode::kNone) {
+    for (size_t k = 0; k < num; ++k) {
+      down.push_back({deltas_.data() + k * stride_, deltas[k].data(), d * sizeof(float)});
+    }
+  }
+  return stager_->Download(down);
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<MergeBackend>> NewCudaMergeBackend() {
-  return absl::FailedPreconditionError("the CUDA merge backend is not implemented yet");
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError(
+        absl::StrCat("no usable CUDA device: cudaGetDeviceCount failed with ",
+                     cudaGetErrorName(error), " (", cudaGetErrorString(error), ")"));
+  }
+  if (count == 0) {
+    return absl::FailedPreconditionError("no CUDA device: cudaGetDeviceCount returned 0");
+  }
+  absl::StatusOr<std::unique_ptr<MergeBackend>> backend = CudaMergeBackend::Create(0);
+  if (!backend.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("CUDA device 0 is unusable: ", backend.status().message()));
+  }
+  return backend;
 }
 
 }  // namespace gnc
