@@ -2,7 +2,7 @@
 # gen-config.sh: writes a Prometheus config that scrapes a local gnc job.
 #
 #   gen-config.sh --servers 127.0.0.1:9400,127.0.0.1:9401 [--workers 127.0.0.1:9500,...]
-#                 [--scrape-interval 5s] [--rules-dir DIR] [--out FILE]
+#                 [--scrape-interval 2s] [--rules-dir DIR] [--out FILE]
 #
 # --servers / --workers: the /metrics addresses (host:port) of the shards and workers.
 # --rules-dir: where gnc-recording.yml and gnc-alerts.yml live (default: the rules/
@@ -13,7 +13,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 servers=""
 workers=""
-interval="5s"
+interval="2s"
 rules_dir="${here}/rules"
 out=""
 
