@@ -61,7 +61,7 @@ std::vector<float> HeInitialParameters(const MlpShape& shape, uint64_t seed) {
 #if !defined(GNC_WITH_CUDA)
 absl::StatusOr<std::unique_ptr<ComputeBackend>> NewCudaComputeBackend() {
   return absl::FailedPreconditionError(
-      "this gnc-worker was built without CUDA (GNC_WITH_CUDA=OFF); use --device=cpu");
+      "built without CUDA (GNC_WITH_CUDA=OFF)");
 }
 #endif
 

@@ -147,14 +147,20 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
 int64_t Limit(int64_t count, int64_t limit) { return limit > 0 ? std::min(count, limit) : count; }
 
 absl::StatusOr<std::unique_ptr<ComputeBackend>> MakeBackend(const std::string& device) {
-  if (device == "cpu") return NewCpuComputeBackend();
+  if (device == "cpu") {
+    LogInfo("compute backend: cpu (--device=cpu)");
+    return NewCpuComputeBackend();
+  }
   absl::StatusOr<std::unique_ptr<ComputeBackend>> cuda = NewCudaComputeBackend();
-  if (cuda.ok()) return cuda;
+  if (cuda.ok()) {
+    LogInfo("compute backend: ", (*cuda)->Name());
+    return cuda;
+  }
   if (device == "cuda") {
     return absl::FailedPreconditionError(
         absl::StrCat("--device=cuda but CUDA is unavailable: ", cuda.status().message()));
   }
-  LogInfo("compute backend: cpu (", cuda.status().message(), ")");
+  LogInfo("compute backend: cpu (--device=auto, no CUDA: ", cuda.status().message(), ")");
   return NewCpuComputeBackend();
 }
 
@@ -167,7 +173,6 @@ int Run(const WorkerConfig& config) {
     LogError("gnc-worker: ", backend.status().message());
     return 1;
   }
-  LogInfo("compute backend: ", (*backend)->Name());
 
   const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
   const IdxPaths train_paths = FashionMnistPaths(data_dir, /*train=*/true);

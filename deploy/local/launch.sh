@@ -1,0 +1,350 @@
+#!/usr/bin/env bash
+# launch.sh: runs one gnc job on this machine: S gnc-server shards and K gnc-worker
+# processes on 127.0.0.1 with free ports. Every line of output is prefixed with
+# the process it came from ([shard 0], [worker 3]). Everything the script started is
+# stopped when it exits, fails or is interrupted.
+#
+# Exit status: 0 when every worker succeeded (and no shard failed), 1 otherwise,
+# 2 for bad options.
+#
+# Usage: deploy/local/launch.sh [options] [-- extra gnc-worker flags]
+# Every option also reads an environment variable (in brackets) for its default.
+#   --shards S              [SHARDS=2]      server shards
+#   --workers K             [WORKERS=4]     workers
+#   --mode M                [MODE=gnc]      none | gnc | isotropic
+#   --epochs E              [EPOCHS=1]
+#   --steps N               [STEPS=0]       total steps, overrides --epochs when > 0
+#   --batch_size B          [BATCH_SIZE=64] per worker
+#   --lr X                  [LR=0.1]        peak learning rate
+#   --warmup_steps N        [WARMUP_STEPS=0]
+#   --lr_decay D            [LR_DECAY=none] none | step | cosine
+#   --momentum X            [MOMENTUM=0.9]
+#   --weight_decay X        [WEIGHT_DECAY=0]
+#   --gnc_scale X           [GNC_SCALE=1]
+#   --min_workers N         [MIN_WORKERS=0] quorum after the straggler timeout (0 = all)
+#   --straggler_timeout D   [STRAGGLER_TIMEOUT=30s]
+#   --hidden W,W            [HIDDEN=256,128]
+#   --seed N                [SEED=1]
+#   --train_limit N         [TRAIN_LIMIT=0] use the first N training images (0 = all)
+#   --test_limit N          [TEST_LIMIT=0]
+#   --data_dir DIR          [DATA_DIR=/usr/share/datasets/fashion-mnist]
+#   --progress_interval D   [PROGRESS_INTERVAL=5s]
+#   --device D              [DEVICE=auto]   for shards and workers: auto | cpu | cuda
+#   --metrics_base_port P   [METRICS_BASE_PORT=0] shard s on P+s, worker k on P+S+k (0: off)
+#   --build_dir DIR         [BUILD_DIR=build] finds server/gnc-server, worker/gnc-worker;
+#                           GNC_SERVER_BIN / GNC_WORKER_BIN override the binaries
+#   --run_dir DIR           [RUN_DIR=] port and pid files (shard-S.port, shard-S.pid,
+#                           worker-K.pid); default: a temporary folder, removed at exit
+#   --timeout SECONDS       [TIMEOUT=0]     stop everything and fail after this long (0: none)
+#   --keep_going            keep the job running when a worker fails (default: only
+#                           with --min_workers > 0, where the quorum can carry on)
+#   --server_arg FLAG       extra gnc-server flag (repeatable)
+#   --worker_arg FLAG       extra gnc-worker flag (repeatable; same as after --)
+# OPENBLAS_NUM_THREADS defaults to 1 for the workers (K processes share the cores).
+set -uo pipefail
+
+usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+die_usage() { echo "launch.sh: $*" >&2; exit 2; }
+
+shards=${SHARDS:-2}
+workers=${WORKERS:-4}
+mode=${MODE:-gnc}
+epochs=${EPOCHS:-1}
+steps=${STEPS:-0}
+batch_size=${BATCH_SIZE:-64}
+lr=${LR:-0.1}
+warmup_steps=${WARMUP_STEPS:-0}
+lr_decay=${LR_DECAY:-none}
+momentum=${MOMENTUM:-0.9}
+weight_decay=${WEIGHT_DECAY:-0}
+gnc_scale=${GNC_SCALE:-1}
+min_workers=${MIN_WORKERS:-0}
+straggler_timeout=${STRAGGLER_TIMEOUT:-30s}
+hidden=${HIDDEN:-256,128}
+seed=${SEED:-1}
+train_limit=${TRAIN_LIMIT:-0}
+test_limit=${TEST_LIMIT:-0}
+data_dir=${DATA_DIR:-/usr/share/datasets/fashion-mnist}
+progress_interval=${PROGRESS_INTERVAL:-5s}
+device=${DEVICE:-auto}
+metrics_base_port=${METRICS_BASE_PORT:-0}
+build_dir=${BUILD_DIR:-build}
+run_dir=${RUN_DIR:-}
+timeout=${TIMEOUT:-0}
+keep_going=""
+server_extra=()
+worker_extra=()
+
+while (($#)); do
+  opt=$1
+  case $opt in
+    -h | --help) usage; exit 0 ;;
+    --keep_going) keep_going=1; shift; continue ;;
+    --) shift; worker_extra+=("$@"); break ;;
+  esac
+  # Accept both "--flag value" and "--flag=value".
+  if [[ $opt == --*=* ]]; then
+    val=${opt#*=}; opt=${opt%%=*}; shift
+  else
+    (($# >= 2)) || die_usage "$opt needs a value"
+    val=$2; shift 2
+  fi
+  case $opt in
+    --shards) shards=$val ;;
+    --workers) workers=$val ;;
+    --mode) mode=$val ;;
+    --epochs) epochs=$val ;;
+    --steps) steps=$val ;;
+    --batch_size) batch_size=$val ;;
+    --lr) lr=$val ;;
+    --warmup_steps) warmup_steps=$val ;;
+    --lr_decay) lr_decay=$val ;;
+    --momentum) momentum=$val ;;
+    --weight_decay) weight_decay=$val ;;
+    --gnc_scale) gnc_scale=$val ;;
+    --min_workers) min_workers=$val ;;
+    --straggler_timeout) straggler_timeout=$val ;;
+    --hidden) hidden=$val ;;
+    --seed) seed=$val ;;
+    --train_limit) train_limit=$val ;;
+    --test_limit) test_limit=$val ;;
+    --data_dir) data_dir=$val ;;
+    --progress_interval) progress_interval=$val ;;
+    --device) device=$val ;;
+    --metrics_base_port) metrics_base_port=$val ;;
+    --build_dir) build_dir=$val ;;
+    --run_dir) run_dir=$val ;;
+    --timeout) timeout=$val ;;
+    --server_arg) server_extra+=("$val") ;;
+    --worker_arg) worker_extra+=("$val") ;;
+    *) die_usage "unknown option $opt (see --help)" ;;
+  esac
+done
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+for pair in "shards:$shards" "workers:$workers" "epochs:$epochs" "steps:$steps" \
+  "batch_size:$batch_size" "warmup_steps:$warmup_steps" "min_workers:$min_workers" \
+  "train_limit:$train_limit" "metrics_base_port:$metrics_base_port" "timeout:$timeout"; do
+  is_uint "${pair#*:}" || die_usage "--${pair%%:*} must be a non-negative integer, got '${pair#*:}'"
+done
+((shards >= 1 && workers >= 1 && batch_size >= 1)) ||
+  die_usage "--shards, --workers and --batch_size must be >= 1"
+[[ -n $keep_going ]] || { ((min_workers > 0)) && keep_going=1; }
+
+server_bin=${GNC_SERVER_BIN:-$build_dir/server/gnc-server}
+worker_bin=${GNC_WORKER_BIN:-$build_dir/worker/gnc-worker}
+for bin in "$server_bin" "$worker_bin"; do
+  [[ -x $bin ]] || die_usage "$bin not found or not executable (build it, or set --build_dir)"
+done
+
+# The job length, as every worker computes it: each rank gets floor(N / K) training
+# images and runs floor(slice / batch) steps per epoch. The shards need it for the
+# cosine schedule, and the workers check that they agree with it.
+train_count=60000
+((train_limit > 0 && train_limit < train_count)) && train_count=$train_limit
+steps_per_epoch=$((train_count / workers / batch_size))
+((steps_per_epoch >= 1)) ||
+  die_usage "batch_size $batch_size exceeds the $((train_count / workers)) images per worker"
+total_steps=$steps
+((total_steps > 0)) || total_steps=$((epochs * steps_per_epoch))
+
+server_flags=(
+  --num_shards="$shards" --num_workers="$workers" --min_workers="$min_workers"
+  --mode="$mode" --gnc_scale="$gnc_scale" --lr="$lr" --warmup_steps="$warmup_steps"
+  --lr_decay="$lr_decay" --total_steps="$total_steps" --momentum="$momentum"
+  --weight_decay="$weight_decay" --straggler_timeout="$straggler_timeout"
+  --device="$device" --address=127.0.0.1 --port=0
+  "${server_extra[@]}"
+)
+worker_flags=(
+  --num_workers="$workers" --batch_size="$batch_size" --epochs="$epochs" --steps="$steps"
+  --hidden="$hidden" --seed="$seed" --train_limit="$train_limit" --test_limit="$test_limit"
+  --data_dir="$data_dir" --progress_interval="$progress_interval" --device="$device"
+  "${worker_extra[@]}"
+)
+
+# Flag errors are cheaper to find before anything runs.
+"$server_bin" "${server_flags[@]}" --shard_index=0 --check_config >/dev/null ||
+  die_usage "gnc-server refuses these flags"
+"$worker_bin" "${worker_flags[@]}" --servers=127.0.0.1:1 --rank=0 --check_config >/dev/null ||
+  die_usage "gnc-worker refuses these flags"
+
+own_run_dir=""
+if [[ -z $run_dir ]]; then
+  run_dir=$(mktemp -d "${TMPDIR:-/tmp}/gnc-launch.XXXXXX") || exit 1
+  own_run_dir=1
+else
+  mkdir -p "$run_dir" || exit 1
+fi
+
+declare -A name_of=()  # pid -> "shard 0" / "worker 3"
+running=()             # pids not yet reaped
+server_pids=()
+worker_pids=()
+watchdog=""
+
+log() { echo "[launch] $*"; }
+
+# stop_all: TERM, then KILL after a grace period, every process still running.
+stop_all() {
+  local pid alive=()
+  for pid in "${running[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+  if ((${#alive[@]})); then
+    kill -TERM "${alive[@]}" 2>/dev/null
+    for _ in $(seq 50); do
+      local still=()
+      for pid in "${alive[@]}"; do kill -0 "$pid" 2>/dev/null && still+=("$pid"); done
+      ((${#still[@]})) || break
+      sleep 0.1
+    done
+    for pid in "${alive[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+  fi
+  for pid in "${running[@]}"; do wait "$pid" 2>/dev/null; done
+  running=()
+  [[ -n $watchdog ]] && { kill "$watchdog" 2>/dev/null; wait "$watchdog" 2>/dev/null; watchdog=""; }
+}
+
+cleanup() {
+  stop_all
+  [[ -n $own_run_dir ]] && rm -rf "$run_dir"
+}
+trap cleanup EXIT
+trap 'log "interrupted: stopping everything"; exit 130' INT
+trap 'log "terminated: stopping everything"; exit 143' TERM
+
+# start NAME CMD...: runs CMD in the background with its output prefixed by [NAME];
+# sets started_pid.
+start() {
+  local name=$1; shift
+  "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
+  started_pid=$!
+  name_of[$started_pid]=$name
+  running+=("$started_pid")
+  echo "$started_pid" >"$run_dir/${name// /-}.pid"
+}
+
+forget() {
+  local pid=$1 keep=() p
+  for p in "${running[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+  running=("${keep[@]}")
+}
+
+describe_status() {
+  local st=$1
+  if ((st > 128)); then echo "status $st (signal $((st - 128)))"; else echo "status $st"; fi
+}
+
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+log "job: $shards shard(s), $workers worker(s), mode $mode, batch $batch_size per worker," \
+  "$total_steps steps ($steps_per_epoch per epoch), lr $lr, warm-up $warmup_steps, decay $lr_decay"
+
+for ((s = 0; s < shards; s++)); do
+  extra=()
+  ((metrics_base_port > 0)) && extra+=(--metrics_port=$((metrics_base_port + s)))
+  rm -f "$run_dir/shard-$s.port"
+  start "shard $s" "$server_bin" "${server_flags[@]}" --shard_index="$s" \
+    --port_file="$run_dir/shard-$s.port" "${extra[@]}"
+  server_pids+=("$started_pid")
+done
+
+servers=""
+for ((s = 0; s < shards; s++)); do
+  for ((i = 0; i < 300; i++)); do
+    [[ -s $run_dir/shard-$s.port ]] && break
+    kill -0 "${server_pids[s]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [[ ! -s $run_dir/shard-$s.port ]]; then
+    log "shard $s did not start listening"
+    exit 1
+  fi
+  servers+="${servers:+,}127.0.0.1:$(<"$run_dir/shard-$s.port")"
+done
+log "shards listening on $servers"
+
+for ((k = 0; k < workers; k++)); do
+  extra=()
+  ((metrics_base_port > 0)) && extra+=(--metrics_port=$((metrics_base_port + shards + k)))
+  start "worker $k" "$worker_bin" "${worker_flags[@]}" --servers="$servers" --rank="$k" "${extra[@]}"
+  worker_pids+=("$started_pid")
+done
+
+if ((timeout > 0)); then
+  sleep "$timeout" &
+  watchdog=$!
+fi
+
+start_time=$SECONDS
+workers_left=$workers
+failed_workers=0
+failed_shards=0
+is_worker() { [[ ${name_of[$1]:-} == worker* ]]; }
+
+# Reap processes as they end until every worker has.
+while ((workers_left > 0)); do
+  wait_list=("${running[@]}")
+  [[ -n $watchdog ]] && wait_list+=("$watchdog")
+  done_pid=""
+  wait -n -p done_pid "${wait_list[@]}"
+  st=$?
+  [[ -n $done_pid ]] || continue
+  if [[ $done_pid == "$watchdog" ]]; then
+    watchdog=""
+    log "timeout: the job ran past ${timeout}s; stopping everything"
+    exit 1
+  fi
+  forget "$done_pid"
+  name=${name_of[$done_pid]}
+  if is_worker "$done_pid"; then
+    workers_left=$((workers_left - 1))
+    if ((st == 0)); then
+      log "$name finished"
+    else
+      failed_workers=$((failed_workers + 1))
+      log "$name failed with $(describe_status "$st")"
+      if [[ -z $keep_going ]]; then
+        log "stopping the job (use --keep_going or --min_workers to carry on without it)"
+        exit 1
+      fi
+    fi
+  elif ((st == 0)); then
+    # A shard exits 0 once every worker has left; the last worker may not have been
+    # reaped yet.
+    log "$name stopped"
+  else
+    failed_shards=$((failed_shards + 1))
+    log "$name failed with $(describe_status "$st") while workers were running"
+    exit 1
+  fi
+done
+
+# The shards exit on their own once every worker has left; a worker that died never
+# leaves, so they are stopped after a grace period.
+for ((i = 0; i < 100; i++)); do
+  alive=0
+  for pid in "${server_pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+  ((alive)) || break
+  sleep 0.1
+done
+for pid in "${server_pids[@]}"; do
+  [[ " ${running[*]} " == *" $pid "* ]] || continue  # already reaped
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null
+  fi
+  wait "$pid"
+  st=$?
+  forget "$pid"
+  # 143: stopped by our TERM before it had installed its handler; not a failure.
+  if ((st != 0 && st != 143)); then
+    failed_shards=$((failed_shards + 1))
+    log "${name_of[$pid]} exited with $(describe_status "$st")"
+  fi
+done
+
+elapsed=$((SECONDS - start_time))
+if ((failed_workers == 0 && failed_shards == 0)); then
+  log "done: all $workers workers succeeded in ${elapsed}s"
+  exit 0
+fi
+log "done in ${elapsed}s: $failed_workers of $workers workers failed, $failed_shards shard(s) failed"
+exit 1
