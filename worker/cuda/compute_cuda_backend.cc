@@ -1,0 +1,335 @@
+// CUDA ComputeBackend: the ReLU MLP of worker/compute_backend.h with cuBLAS GEMMs in
+// full float32 (no TF32, so gradients agree with the CPU backend to float rounding)
+// and the small kernels of mlp_kernels.cu. Parameters, inputs and activations live in
+// device buffers kept between calls; each call copies its host inputs in and the
+// gradient (or the loss figures) out on the backend's stream.
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "worker/compute_backend.h"
+#include "worker/cuda/cuda_check.h"
+#include "worker/cuda/mlp_kernels.h"
+
+namespace gnc {
+namespace {
+
+#define GNC_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    if (absl::Status s_ = (expr); !s_.ok()) {  \
+      return s_;                               \
+    }                                          \
+  } while (false)
+
+// Evaluate runs the forward pass over this many examples at a time (as the CPU does).
+constexpr int64_t kEvalChunk = 1024;
+
+// DeviceBuffer: grow-only device memory.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (data_ != nullptr) cudaFree(data_);
+  }
+  // Reserve: at least `bytes` bytes; contents are lost when it grows.
+  absl::Status Reserve(size_t bytes) {
+    if (bytes <= bytes_) return absl::OkStatus();
+    if (data_ != nullptr) cudaFree(data_);
+    data_ = nullptr;
+    bytes_ = 0;
+    GNC_WORKER_CUDA_CHECK(cudaMalloc(&data_, bytes));
+    bytes_ = bytes;
+    return absl::OkStatus();
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+int64_t ParameterCount(const MlpShape& shape) {
+  int64_t n = 0;
+  for (size_t l = 0; l + 1 < shape.widths.size(); ++l) {
+    n += shape.widths[l + 1] * shape.widths[l] + shape.widths[l + 1];
+  }
+  return n;
+}
+
+absl::Status CheckShape(const MlpShape& shape, std::span<const float> params,
+                        std::span<const float> inputs, std::span<const int32_t> labels) {
+  if (shape.widths.size() < 2) {
+    return absl::InvalidArgumentError("MLP needs at least an input and an output width");
+  }
+  for (int64_t w : shape.widths) {
+    // cuBLAS takes int dimensions.
+    if (w < 1 || w > (int64_t{1} << 30)) {
+      return absl::InvalidArgumentError(absl::StrCat("MLP width ", w, " outside [1, 2^30]"));
+    }
+  }
+  if (static_cast<int64_t>(params.size()) != ParameterCount(shape)) {
+    return absl::InvalidArgumentError(absl::StrCat("params has ", params.size(),
+                                                   " elements, the MLP has ",
+                                                   ParameterCount(shape)));
+  }
+  const int64_t batch = static_cast<int64_t>(labels.size());
+  if (static_cast<int64_t>(inputs.size()) != batch * shape.widths[0]) {
+    return absl::InvalidArgumentError(absl::StrCat("inputs has ", inputs.size(),
+                                                   " elements, expected ", batch, " x ",
+                                                   shape.widths[0]));
+  }
+  const int64_t classes = shape.widths.back();
+  for (int32_t y : labels) {
+    if (y < 0 || y >= classes) {
+      return absl::InvalidArgumentError(absl::StrCat("label ", y, " outside [0, ", classes, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+class CudaComputeBackend final : public ComputeBackend {
+ public:
+  static absl::StatusOr<std::unique_ptr<ComputeBackend>> Create(int device);
+  ~CudaComputeBackend() override {
+    if (handle_ != nullptr) cublasDestroy(handle_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  std::string Name() const override { return name_; }
+
+  absl::StatusOr<double> LossAndGradient(const MlpShape& shape, std::span<const float> params,
+                                         std::span<const float> inputs,
+                                         std::span<const int32_t> labels,
+                                         std::span<float> grad) override;
+
+  absl::Status Evaluate(const MlpShape& shape, std::span<const float> params,
+                        std::span<const float> inputs, std::span<const int32_t> labels,
+                        double* loss_sum, int64_t* correct) override;
+
+ private:
+  CudaComputeBackend() = default;
+
+  // Gemm: row-major C[m, n] = op(A) op(B). cuBLAS is column-major, where a row-major
+  // matrix reads as its transpose, so it computes C^T = op(B)^T op(A)^T.
+  absl::Status Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
+                    int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc);
+  // Upload: params and one batch (inputs, labels) to the device; sizes the scratch.
+  absl::Status Upload(const MlpShape& shape, std::span<const float> params,
+                      std::span<const float> inputs, std::span<const int32_t> labels,
+                      int64_t max_batch);
+  // Forward: act_[l + 1] = layer l's output for `batch` rows of `x` (ReLU but last).
+  absl::Status Forward(const MlpShape& shape, const float* x, int64_t batch);
+  // Loss: per-row losses and hits of the logits into host row_loss_/row_correct_,
+  // and with `delta` the gradient of the mean loss w.r.t. the logits.
+  absl::Status Loss(const MlpShape& shape, const int32_t* labels, int64_t batch, float* delta);
+
+  int device_ = 0;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t handle_ = nullptr;
+  DeviceBuffer params_, grad_, inputs_, labels_, delta_, delta_prev_, row_loss_, row_correct_;
+  std::vector<std::unique_ptr<DeviceBuffer>> act_;  // act_[l], l = 1..L
+  std::vector<int64_t> offsets_;                    // per layer, into params
+  std::vector<double> row_loss_host_;
+  std::vector<int32_t> row_correct_host_;
+};
+
+absl::StatusOr<std::unique_ptr<ComputeBackend>> CudaComputeBackend::Create(int device) {
+  std::unique_ptr<CudaComputeBackend> b(new CudaComputeBackend());
+  b->device_ = device;
+  GNC_WORKER_CUDA_CHECK(cudaSetDevice(device));
+  cudaDeviceProp prop;
+  GNC_WORKER_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  b->name_ = absl::StrCat("cuda:", device, " (", prop.name, ")");
+  GNC_WORKER_CUDA_CHECK(cudaStreamCreateWithFlags(&b->stream_, cudaStreamNonBlocking));
+  GNC_WORKER_CUBLAS_CHECK(cublasCreate(&b->handle_));
+  GNC_WORKER_CUBLAS_CHECK(cublasSetStream(b->handle_, b->stream_));
+  // The default math mode keeps SGEMM in float32 (TF32 needs CUBLAS_TF32_TENSOR_OP_MATH).
+  GNC_WORKER_CUBLAS_CHECK(cublasSetMathMode(b->handle_, CUBLAS_DEFAULT_MATH));
+  return std::unique_ptr<ComputeBackend>(std::move(b));
+}
+
+absl::Status CudaComputeBackend::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n,
+                                      int64_t k, const float* a, int64_t lda, const float* b,
+                                      int64_t ldb, float* c, int64_t ldc) {
+  const float one = 1.0f, zero = 0.0f;
+  GNC_WORKER_CUBLAS_CHECK(cublasSgemm(
+      handle_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &one, b,
+      static_cast<int>(ldb), a, static_cast<int>(lda), &zero, c, static_cast<int>(ldc)));
+  return absl::OkStatus();
+}
+
+absl::Status CudaComputeBackend::Upload(const MlpShape& shape, std::span<const float> params,
+                                        std::span<const float> inputs,
+                                        std::span<const int32_t> labels, int64_t max_batch) {
+  GNC_WORKER_CUDA_CHECK(cudaSetDevice(device_));
+  const size_t layers = shape.widths.size() - 1;
+  offsets_.clear();
+  int64_t at = 0;
+  int64_t widest = 0;
+  for (size_t l = 0; l < layers; ++l) {
+    offsets_.push_back(at);
+    at += shape.widths[l + 1] * shape.widths[l] + shape.widths[l + 1];
+    widest = std::max(widest, shape.widths[l + 1]);
+  }
+  widest = std::max(widest, shape.widths[0]);
+  GNC_RETURN_IF_ERROR(params_.Reserve(params.size_bytes()));
+  GNC_RETURN_IF_ERROR(grad_.Reserve(params.size_bytes()));
+  GNC_RETURN_IF_ERROR(inputs_.Reserve(inputs.size_bytes()));
+  GNC_RETURN_IF_ERROR(labels_.Reserve(labels.size_bytes()));
+  const size_t scratch = static_cast<size_t>(max_batch) * widest * sizeof(float);
+  GNC_RETURN_IF_ERROR(delta_.Reserve(scratch));
+  GNC_RETURN_IF_ERROR(delta_prev_.Reserve(scratch));
+  GNC_RETURN_IF_ERROR(row_loss_.Reserve(max_batch * sizeof(double)));
+  GNC_RETURN_IF_ERROR(row_correct_.Reserve(max_batch * sizeof(int32_t)));
+  while (act_.size() < layers + 1) act_.push_back(std::make_unique<DeviceBuffer>());
+  for (size_t l = 1; l <= layers; ++l) {
+    GNC_RETURN_IF_ERROR(act_[l]->Reserve(max_batch * shape.widths[l] * sizeof(float)));
+  }
+  if (labels.empty()) return absl::OkStatus();
+  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(params_.as<float>(), params.data(), params.size_bytes(),
+                                        cudaMemcpyHostToDevice, stream_));
+  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(inputs_.as<float>(), inputs.data(), inputs.size_bytes(),
+                                        cudaMemcpyHostToDevice, stream_));
+  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(labels_.as<int32_t>(), labels.data(),
+                                        labels.size_bytes(), cudaMemcpyHostToDevice, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaComputeBackend::Forward(const MlpShape& shape, const float* x, int64_t batch) {
+  const size_t layers = shape.widths.size() - 1;
+  for (size_t l = 0; l < layers; ++l) {
+    const int64_t in = shape.widths[l], out = shape.widths[l + 1];
+    const float* w = params_.as<float>() + offsets_[l];
+    const float* bias = w + out * in;
+    const float* a_in = l == 0 ? x : act_[l]->as<float>();
+    float* a_out = act_[l + 1]->as<float>();
+    // a_out = a_in W^T: [batch, out].
+    GNC_RETURN_IF_ERROR(Gemm(false, true, batch, out, in, a_in, in, w, in, a_out, out));
+    GNC_WORKER_CUDA_CHECK(
+        cuda::LaunchBiasActivation(a_out, bias, batch, out, l + 1 < layers, stream_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaComputeBackend::Loss(const MlpShape& shape, const int32_t* labels,
+                                      int64_t batch, float* delta) {
+  const int64_t classes = shape.widths.back();
+  const float* logits = act_[shape.widths.size() - 1]->as<float>();
+  GNC_WORKER_CUDA_CHECK(cuda::LaunchSoftmaxCrossEntropy(
+      logits, labels, batch, classes, 1.0f / static_cast<float>(batch), delta,
+      row_loss_.as<double>(), row_correct_.as<int32_t>(), stream_));
+  row_loss_host_.resize(batch);
+  row_correct_host_.resize(batch);
+  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(row_loss_host_.data(), row_loss_.as<double>(),
+                                        batch * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(row_correct_host_.data(), row_correct_.as<int32_t>(),
+                                        batch * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> CudaComputeBackend::LossAndGradient(const MlpShape& shape,
+                                                           std::span<const float> params,
+                                                           std::span<const float> inputs,
+                                                           std::span<const int32_t> labels,
+                                                           std::span<float> grad) {
+  GNC_RETURN_IF_ERROR(CheckShape(shape, params, inputs, labels));
+  if (grad.size() != params.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("grad has ", grad.size(), " elements, params ", params.size()));
+  }
+  const int64_t batch = static_cast<int64_t>(labels.size());
+  if (batch == 0) return absl::InvalidArgumentError("empty batch");
+  GNC_RETURN_IF_ERROR(Upload(shape, params, inputs, labels, batch));
+  GNC_RETURN_IF_ERROR(Forward(shape, inputs_.as<float>(), batch));
+  GNC_RETURN_IF_ERROR(Loss(shape, labels_.as<int32_t>(), batch, delta_.as<float>()));
+
+  // Backward, last layer first; delta holds d(mean loss)/d(layer output).
+  const int layers = static_cast<int>(shape.widths.size()) - 1;
+  float* delta = delta_.as<float>();
+  float* delta_prev = delta_prev_.as<float>();
+  for (int l = layers - 1; l >= 0; --l) {
+    const int64_t in = shape.widths[l], out = shape.widths[l + 1];
+    const float* a_in = l == 0 ? inputs_.as<float>() : act_[l]->as<float>();
+    float* dw = grad_.as<float>() + offsets_[l];
+    float* db = dw + out * in;
+    // dW = delta^T a_in: [out, in]; db = column sums of delta.
+    GNC_RETURN_IF_ERROR(Gemm(true, false, out, in, batch, delta, out, a_in, in, dw, in));
+    GNC_WORKER_CUDA_CHECK(cuda::LaunchColumnSums(delta, batch, out, db, stream_));
+    if (l == 0) break;
+    // delta_prev = (delta W) * relu'(a_in): [batch, in].
+    const float* w = params_.as<float>() + offsets_[l];
+    GNC_RETURN_IF_ERROR(Gemm(false, false, batch, in, out, delta, out, w, in, delta_prev, in));
+    GNC_WORKER_CUDA_CHECK(cuda::LaunchReluBackward(delta_prev, a_in, batch * in, stream_));
+    std::swap(delta, delta_prev);
+  }
+  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(grad.data(), grad_.as<float>(), grad.size_bytes(),
+                                        cudaMemcpyDeviceToHost, stream_));
+  GNC_WORKER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  double loss = 0;
+  for (double x : row_loss_host_) loss += x;
+  return loss / static_cast<double>(batch);
+}
+
+absl::Status CudaComputeBackend::Evaluate(const MlpShape& shape, std::span<const float> params,
+                                          std::span<const float> inputs,
+                                          std::span<const int32_t> labels, double* loss_sum,
+                                          int64_t* correct) {
+  GNC_RETURN_IF_ERROR(CheckShape(shape, params, inputs, labels));
+  const int64_t total = static_cast<int64_t>(labels.size());
+  GNC_RETURN_IF_ERROR(Upload(shape, params, inputs, labels, std::min(total, kEvalChunk)));
+  double loss = 0;
+  int64_t right = 0;
+  for (int64_t begin = 0; begin < total; begin += kEvalChunk) {
+    const int64_t batch = std::min(kEvalChunk, total - begin);
+    GNC_RETURN_IF_ERROR(Forward(shape, inputs_.as<float>() + begin * shape.widths[0], batch));
+    GNC_RETURN_IF_ERROR(Loss(shape, labels_.as<int32_t>() + begin, batch, nullptr));
+    GNC_WORKER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    for (int64_t i = 0; i < batch; ++i) {
+      loss += row_loss_host_[i];
+      right += row_correct_host_[i];
+    }
+  }
+  *loss_sum = loss;
+  *correct = right;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ComputeBackend>> NewCudaComputeBackend() {
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError(
+        absl::StrCat("no usable CUDA device: cudaGetDeviceCount failed with ",
+                     cudaGetErrorName(error), " (", cudaGetErrorString(error), ")"));
+  }
+  if (count == 0) {
+    return absl::FailedPreconditionError("no CUDA device: cudaGetDeviceCount returned 0");
+  }
+  absl::StatusOr<std::unique_ptr<ComputeBackend>> backend = CudaComputeBackend::Create(0);
+  if (!backend.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("CUDA device 0 is unusable: ", backend.status().message()));
+  }
+  return backend;
+}
+
+}  // namespace gnc
