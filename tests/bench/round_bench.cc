@@ -1,0 +1,168 @@
+// round_bench: K scripted clients against S real gnc-server processes on loopback.
+// One round = every worker receives its N-float evaluation point and pushes an
+// N-float gradient. Prints the median round time and payload GB/s, next to a raw TCP
+// loopback transfer of the same bytes measured in the same run (the yardstick).
+//   round_bench [--servers=S] [--workers=K] [--mfloats=N in Mi] [--rounds=R]
+//               [--mode=none|gnc|isotropic]
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "tests/integration/server_process.h"
+#include "worker/client.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int IntFlag(int argc, char** argv, const std::string& name, int fallback) {
+  const std::string prefix = "--" + name + "=";
+  for (int i = 1; i < argc; ++i) {
+    int v;
+    if (std::strncmp(argv[i], prefix.c_str(), prefix.size()) == 0 &&
+        absl::SimpleAtoi(argv[i] + prefix.size(), &v)) {
+      return v;
+    }
+  }
+  return fallback;
+}
+
+std::string StringFlag(int argc, char** argv, const std::string& name, std::string fallback) {
+  const std::string prefix = "--" + name + "=";
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], prefix.c_str(), prefix.size()) == 0) return argv[i] + prefix.size();
+  }
+  return fallback;
+}
+
+// TcpLoopbackSeconds: time to push `bytes` through one TCP connection on 127.0.0.1.
+double TcpLoopbackSeconds(size_t bytes) {
+  int listener = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      listen(listener, 1) != 0 ||
+      getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    return -1;
+  }
+  std::thread receiver([&] {
+    int fd = accept(listener, nullptr, nullptr);
+    std::vector<char> buf(1 << 20);
+    size_t got = 0;
+    while (got < bytes) {
+      ssize_t n = read(fd, buf.data(), buf.size());
+      if (n <= 0) break;
+      got += n;
+    }
+    close(fd);
+  });
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  std::vector<char> buf(1 << 20, 7);
+  auto t0 = Clock::now();
+  size_t sent = 0;
+  while (sent < bytes) {
+    ssize_t n = write(fd, buf.data(), std::min(buf.size(), bytes - sent));
+    if (n <= 0) break;
+    sent += n;
+  }
+  close(fd);
+  receiver.join();
+  auto t1 = Clock::now();
+  close(listener);
+  return std::chrono::duration<double>(t1 - t0).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int num_shards = IntFlag(argc, argv, "servers", 2);
+  const int num_workers = IntFlag(argc, argv, "workers", 2);
+  const int64_t n = static_cast<int64_t>(IntFlag(argc, argv, "mfloats", 4)) << 20;
+  const int rounds = IntFlag(argc, argv, "rounds", 10);
+  const std::string mode = StringFlag(argc, argv, "mode", "none");
+
+  std::vector<std::unique_ptr<gnc::testing::ServerProcess>> servers;
+  std::vector<std::string> addresses;
+  for (int s = 0; s < num_shards; ++s) {
+    auto p = gnc::testing::ServerProcess::Start(
+        GNC_SERVER_BINARY,
+        {absl::StrCat("--shard_index=", s), absl::StrCat("--num_shards=", num_shards),
+         absl::StrCat("--num_workers=", num_workers), "--mode=" + mode, "--lr=1e-6"});
+    if (!p.ok()) {
+      std::fprintf(stderr, "round_bench: %s\n", p.status().ToString().c_str());
+      return 1;
+    }
+    addresses.push_back((*p)->address());
+    servers.push_back(*std::move(p));
+  }
+  gnc::ModelLayout layout = *gnc::ModelLayout::Create({gnc::TensorSpec{"params", {n}}});
+  std::vector<std::vector<double>> round_times(num_workers);
+  std::vector<std::thread> threads;
+  bool failed = false;
+  for (int k = 0; k < num_workers; ++k) {
+    threads.emplace_back([&, k] {
+      gnc::ClientOptions o;
+      o.servers = addresses;
+      o.rank = k;
+      o.num_workers = num_workers;
+      o.layout = layout;
+      o.local_batch_size = 64;
+      auto client = gnc::GncClient::Connect(o);
+      if (!client.ok()) {
+        std::fprintf(stderr, "rank %d: %s\n", k, client.status().ToString().c_str());
+        failed = true;
+        return;
+      }
+      std::vector<float> x(n, 0.0f), g(n, 1e-3f);
+      if (!(*client)->OfferParameters(x).ok()) failed = true;
+      // Round r: push the gradient of step r-1 (none before the first), receive x_r.
+      for (int r = 0; r <= rounds && !failed; ++r) {
+        auto t0 = Clock::now();
+        if (r > 0 && !(*client)->PushGradient(g, 64).ok()) failed = true;
+        if (!(*client)->ReceiveEvalPoint(x).ok()) failed = true;
+        if (r > 0) {
+          round_times[k].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+        }
+      }
+      (*client)->Leave();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  if (failed) {
+    std::fprintf(stderr, "round_bench: a client failed\n");
+    return 1;
+  }
+  std::vector<double> all;
+  for (auto& v : round_times) all.insert(all.end(), v.begin(), v.end());
+  const double round = Median(all);
+  const double payload = 2.0 * num_workers * n * sizeof(float);  // push + receive
+  std::vector<double> tcp;
+  for (int i = 0; i < 3; ++i) tcp.push_back(TcpLoopbackSeconds(static_cast<size_t>(payload)));
+  const double tcp_bw = payload / Median(tcp) / 1e9;
+  const double bw = payload / round / 1e9;
+  std::printf("round_bench: S=%d K=%d N=%lld floats mode=%s rounds=%d\n", num_shards,
+              num_workers, static_cast<long long>(n), mode.c_str(), rounds);
+  std::printf("median round %.1f ms, payload %.2f GB/s; TCP loopback (same bytes, one "
+              "stream) %.2f GB/s; ratio %.0f%%\n",
+              round * 1e3, bw, tcp_bw, 100.0 * bw / tcp_bw);
+  return 0;
+}
