@@ -9,10 +9,14 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -142,6 +146,46 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
     return absl::InvalidArgumentError("--train_limit and --test_limit must be >= 0");
   }
   return c;
+}
+
+// CheckArgv: what absl::ParseCommandLine would refuse (unknown flag, bad value),
+// found first so that a bad flag exits 2 rather than ParseCommandLine's 1.
+absl::Status CheckArgv(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "-")) continue;  // positional
+    absl::ConsumePrefix(&arg, "-");
+    const size_t eq = arg.find('=');
+    const absl::string_view name = arg.substr(0, eq);
+    // Abseil's own flags (usage, flag files) are left to ParseCommandLine.
+    if (absl::StartsWith(name, "help") || name == "version" || name == "only_check_args" ||
+        name == "flagfile" || name == "fromenv" || name == "tryfromenv" || name == "undefok") {
+      continue;
+    }
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr && absl::StartsWith(name, "no") && eq == absl::string_view::npos) {
+      flag = absl::FindCommandLineFlag(name.substr(2));
+      if (flag != nullptr && flag->IsOfType<bool>()) continue;  // --noflag
+      flag = nullptr;
+    }
+    if (flag == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    std::string value;
+    if (eq != absl::string_view::npos) {
+      value = std::string(arg.substr(eq + 1));
+    } else if (flag->IsOfType<bool>()) {
+      continue;
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+    }
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, "=", value, ": ", error));
+    }
+  }
+  return absl::OkStatus();
 }
 
 int64_t Limit(int64_t count, int64_t limit) { return limit > 0 ? std::min(count, limit) : count; }
@@ -277,6 +321,18 @@ int Run(const WorkerConfig& config) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "gnc-worker: one worker of a gnc job, training the built-in MLP on Fashion-MNIST");
+  absl::FlagsUsageConfig usage;
+  // --help lists this file's flags (by default Abseil looks for a file named like
+  // the program).
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "worker/main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  if (absl::Status s = gnc::CheckArgv(argc, argv); !s.ok()) {
+    gnc::LogError("invalid configuration: ", s.message());
+    return 2;
+  }
   absl::ParseCommandLine(argc, argv);
   absl::StatusOr<gnc::WorkerConfig> config = gnc::ConfigFromFlags();
   if (!config.ok()) {

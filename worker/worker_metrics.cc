@@ -1,6 +1,6 @@
 #include "worker/worker_metrics.h"
 
-#include <map>
+#include <limits>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -65,6 +65,9 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, int rank, bool eval
                             "evaluation")
                       .Register(registry)
                       .Add({{"worker", absl::StrCat(rank)}});
+    // NaN until the first evaluation, so that no dashboard shows a made-up 0.
+    eval_accuracy_->Set(std::numeric_limits<double>::quiet_NaN());
+    eval_loss_->Set(std::numeric_limits<double>::quiet_NaN());
   }
 }
 

@@ -30,7 +30,9 @@
 #   --data_dir DIR          [DATA_DIR=/usr/share/datasets/fashion-mnist]
 #   --progress_interval D   [PROGRESS_INTERVAL=5s]
 #   --device D              [DEVICE=auto]   for shards and workers: auto | cpu | cuda
-#   --metrics_base_port P   [METRICS_BASE_PORT=0] shard s on P+s, worker k on P+S+k (0: off)
+#   --server_metrics_port P [SERVER_METRICS_PORT=9400] shard s serves /metrics on P+s (0: off)
+#   --worker_metrics_port P [WORKER_METRICS_PORT=9500] worker k serves /metrics on P+k (0: off)
+#                           (deploy/prometheus/prometheus.yml scrapes these defaults)
 #   --build_dir DIR         [BUILD_DIR=build] finds server/gnc-server, worker/gnc-worker;
 #                           GNC_SERVER_BIN / GNC_WORKER_BIN override the binaries
 #   --run_dir DIR           [RUN_DIR=] port and pid files (shard-S.port, shard-S.pid,
@@ -67,7 +69,8 @@ test_limit=${TEST_LIMIT:-0}
 data_dir=${DATA_DIR:-/usr/share/datasets/fashion-mnist}
 progress_interval=${PROGRESS_INTERVAL:-5s}
 device=${DEVICE:-auto}
-metrics_base_port=${METRICS_BASE_PORT:-0}
+server_metrics_port=${SERVER_METRICS_PORT:-9400}
+worker_metrics_port=${WORKER_METRICS_PORT:-9500}
 build_dir=${BUILD_DIR:-build}
 run_dir=${RUN_DIR:-}
 timeout=${TIMEOUT:-0}
@@ -111,7 +114,8 @@ while (($#)); do
     --data_dir) data_dir=$val ;;
     --progress_interval) progress_interval=$val ;;
     --device) device=$val ;;
-    --metrics_base_port) metrics_base_port=$val ;;
+    --server_metrics_port) server_metrics_port=$val ;;
+    --worker_metrics_port) worker_metrics_port=$val ;;
     --build_dir) build_dir=$val ;;
     --run_dir) run_dir=$val ;;
     --timeout) timeout=$val ;;
@@ -124,7 +128,8 @@ done
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 for pair in "shards:$shards" "workers:$workers" "epochs:$epochs" "steps:$steps" \
   "batch_size:$batch_size" "warmup_steps:$warmup_steps" "min_workers:$min_workers" \
-  "train_limit:$train_limit" "metrics_base_port:$metrics_base_port" "timeout:$timeout"; do
+  "train_limit:$train_limit" "server_metrics_port:$server_metrics_port" \
+  "worker_metrics_port:$worker_metrics_port" "timeout:$timeout"; do
   is_uint "${pair#*:}" || die_usage "--${pair%%:*} must be a non-negative integer, got '${pair#*:}'"
 done
 ((shards >= 1 && workers >= 1 && batch_size >= 1)) ||
@@ -153,13 +158,14 @@ server_flags=(
   --mode="$mode" --gnc_scale="$gnc_scale" --lr="$lr" --warmup_steps="$warmup_steps"
   --lr_decay="$lr_decay" --total_steps="$total_steps" --momentum="$momentum"
   --weight_decay="$weight_decay" --straggler_timeout="$straggler_timeout"
-  --device="$device" --address=127.0.0.1 --port=0
+  --device="$device" --address=127.0.0.1 --port=0 --metrics_address=127.0.0.1
   "${server_extra[@]}"
 )
 worker_flags=(
   --num_workers="$workers" --batch_size="$batch_size" --epochs="$epochs" --steps="$steps"
   --hidden="$hidden" --seed="$seed" --train_limit="$train_limit" --test_limit="$test_limit"
   --data_dir="$data_dir" --progress_interval="$progress_interval" --device="$device"
+  --metrics_address=127.0.0.1
   "${worker_extra[@]}"
 )
 
@@ -240,7 +246,7 @@ log "job: $shards shard(s), $workers worker(s), mode $mode, batch $batch_size pe
 
 for ((s = 0; s < shards; s++)); do
   extra=()
-  ((metrics_base_port > 0)) && extra+=(--metrics_port=$((metrics_base_port + s)))
+  ((server_metrics_port > 0)) && extra+=(--metrics_port=$((server_metrics_port + s)))
   rm -f "$run_dir/shard-$s.port"
   start "shard $s" "$server_bin" "${server_flags[@]}" --shard_index="$s" \
     --port_file="$run_dir/shard-$s.port" "${extra[@]}"
@@ -264,7 +270,7 @@ log "shards listening on $servers"
 
 for ((k = 0; k < workers; k++)); do
   extra=()
-  ((metrics_base_port > 0)) && extra+=(--metrics_port=$((metrics_base_port + shards + k)))
+  ((worker_metrics_port > 0)) && extra+=(--metrics_port=$((worker_metrics_port + k)))
   start "worker $k" "$worker_bin" "${worker_flags[@]}" --servers="$servers" --rank="$k" "${extra[@]}"
   worker_pids+=("$started_pid")
 done
@@ -319,8 +325,8 @@ while ((workers_left > 0)); do
 done
 
 # The shards exit on their own once every worker has left; a worker that died never
-# leaves, so they are stopped after a grace period.
-for ((i = 0; i < 100; i++)); do
+# leaves, so then they are stopped at once (and otherwise after a grace period).
+for ((i = 0; i < 100 && failed_workers == 0; i++)); do
   alive=0
   for pid in "${server_pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
   ((alive)) || break

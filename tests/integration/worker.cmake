@@ -1,0 +1,8 @@
+# Worker integration tests: real gnc-server and gnc-worker processes on 127.0.0.1,
+# started through deploy/local/launch.sh. Included from this folder's CMakeLists.txt.
+foreach(_name train kill flags)
+  add_test(NAME worker_${_name}_integration
+    COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/worker_${_name}_test.sh
+      $<TARGET_FILE:gnc-server> $<TARGET_FILE:gnc-worker>)
+  set_tests_properties(worker_${_name}_integration PROPERTIES TIMEOUT 180 LABELS integration)
+endforeach()
