@@ -56,6 +56,8 @@ ABSL_FLAG(std::string, device, "auto", "Merge device: auto, cpu or cuda");
 ABSL_FLAG(int, metrics_port, 0, "Prometheus /metrics port (0 disables)");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0", "Address of the /metrics listener");
 ABSL_FLAG(double, noise_ema, 0.9, "EMA factor of the noise-scale estimators, in [0, 1)");
+ABSL_FLAG(bool, per_worker_noise_metrics, false,
+          "Export gnc_worker_noise_sqnorm{shard,worker}, ||g_k - g_mean||^2 per worker");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
           "On SIGTERM, how long in-flight rpcs may take before they are cancelled");
 ABSL_FLAG(bool, exit_when_done, true,
@@ -116,6 +118,7 @@ absl::Status RunServer(const ShardOptions& options) {
   metrics_options.mode = SmoothingModeName(options.mode);
   metrics_options.device = device_name;
   metrics_options.noise_ema = absl::GetFlag(FLAGS_noise_ema);
+  metrics_options.per_worker_noise = absl::GetFlag(FLAGS_per_worker_noise_metrics);
   ShardMetrics metrics(*registry, metrics_options);
   std::unique_ptr<prometheus::Exposer> exposer;
   if (const int mport = absl::GetFlag(FLAGS_metrics_port); mport > 0) {

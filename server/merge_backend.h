@@ -45,6 +45,9 @@ struct MergeStats {
   double grad_sqnorm_mean = 0;     // C = mean_k ||g_k||^2
   double noise_sqnorm_mean = 0;    // mean_k ||g_k - g_mean||^2
   double perturbation_sqnorm = 0;  // mean_k ||delta_k||^2 (after any cap)
+  // ||g_k - g_mean||^2 per contributor, in MergeInputs order (parallel to ranks).
+  // Every backend fills it; its mean is noise_sqnorm_mean.
+  std::vector<double> noise_sqnorm;
 };
 
 // MergeBackend: thread-compatible; the shard core serialises calls.

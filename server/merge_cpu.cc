@@ -100,6 +100,7 @@ class CpuMergeBackend final : public MergeBackend {
     stats->mean_grad_sqnorm = mean_sq;
     stats->grad_sqnorm_mean = grad_sq_sum / num;
     stats->noise_sqnorm_mean = noise_sq_sum / num;
+    stats->noise_sqnorm = noise_sq;
 
     // Squared norm of each delta before any cap.
     std::vector<double> delta_sq(num, 0.0);

@@ -126,6 +126,13 @@ ShardMetrics::ShardMetrics(prometheus::Registry& registry, const ShardMetricsOpt
             {"mode", options.mode},
             {"device", options.device}})
       .Set(1);
+  if (options.per_worker_noise) {
+    worker_noise_family_ =
+        &BuildGauge()
+             .Name("gnc_worker_noise_sqnorm")
+             .Help("||g_k - g_mean||^2 of worker k on this shard, at its last merged step")
+             .Register(registry);
+  }
   for (const char* reason :
        {"non_finite", "bad_chunk", "bad_size", "future_step", "duplicate", "unknown_worker"}) {
     rejected_family_.Add({{"shard", absl::StrCat(options.shard_index)}, {"reason", reason}});
@@ -141,6 +148,14 @@ void ShardMetrics::OnStep(const StepReport& r) {
   perturbation_sqnorm_.Set(r.stats.perturbation_sqnorm);
   contributors_.Set(r.contributors);
   global_batch_.Set(r.total_samples);
+  if (worker_noise_family_ != nullptr && r.stats.noise_sqnorm.size() == r.ranks.size()) {
+    for (size_t k = 0; k < r.ranks.size(); ++k) {
+      worker_noise_family_
+          ->Add({{"shard", absl::StrCat(options_.shard_index)},
+                 {"worker", absl::StrCat(r.ranks[k])}})
+          .Set(r.stats.noise_sqnorm[k]);
+    }
+  }
   double g2 = 0, trace = 0;
   if (!NoiseEstimates(r.stats.mean_grad_sqnorm, r.stats.grad_sqnorm_mean, r.mean_samples,
                       r.total_samples, &g2, &trace)) {

@@ -24,6 +24,9 @@ struct ShardMetricsOptions {
   std::string device = "cpu";
   // Smoothing factor of the bias-corrected EMAs of the noise estimators.
   double noise_ema = 0.9;
+  // Export gnc_worker_noise_sqnorm{shard,worker} = ||g_k - g_mean||^2 on this shard,
+  // one series per worker (K series per shard, so off by default).
+  bool per_worker_noise = false;
 };
 
 class ShardMetrics final : public ShardObserver {
@@ -58,6 +61,7 @@ class ShardMetrics final : public ShardObserver {
   prometheus::Gauge& step_gauge_;
   prometheus::Gauge& contributors_;
   prometheus::Gauge& global_batch_;
+  prometheus::Family<prometheus::Gauge>* worker_noise_family_ = nullptr;  // per_worker_noise
 
   absl::Mutex mu_;
   double ema_g2_ ABSL_GUARDED_BY(mu_) = 0;

@@ -380,6 +380,7 @@ void ShardCore::CompleteStep() {
   for (double n : inputs.num_samples) report.total_samples += n;
   report.mean_samples = report.total_samples / report.contributors;
   report.lr = params.lr;
+  report.ranks = std::move(inputs.ranks);
   report.merge_duration = end - start;
   report.step_duration = end - last_step_time_;
   last_step_time_ = end;

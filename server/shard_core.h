@@ -39,6 +39,7 @@ struct StepReport {
   double mean_samples = 0;      // b = mean n_k
   double lr = 0;
   MergeStats stats;
+  std::vector<int32_t> ranks;   // contributors' ranks, in the order of stats.noise_sqnorm
   absl::Duration merge_duration;
   absl::Duration step_duration;  // since the previous step completed
 };
