@@ -45,6 +45,12 @@ else
   grep -q -- "--device=cuda but CUDA is unavailable" <<<"$out" || fail "unclear error: $out"
 fi
 
+# Missing data: a runtime error (1) naming the file, before any connection.
+out=$("$W" --servers=127.0.0.1:1 --data_dir="$WORK/no-data" --device=cpu 2>&1)
+st=$?
+((st == 1)) || fail "missing data exited $st, expected 1: $out"
+grep -q "$WORK/no-data/train-images-idx3-ubyte.gz: no such file" <<<"$out" || fail "unclear error: $out"
+
 # The servers are told 999 steps; the workers compute floor(3000 / 2 / 50) = 30.
 log=$WORK/mismatch.log
 "$LAUNCH" --run_dir "$WORK/run" --shards 1 --workers 2 --epochs 1 --batch_size 50 \
