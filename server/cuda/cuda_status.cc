@@ -8,8 +8,8 @@ absl::Status CudaStatus(cudaError_t error, const char* call, const char* file, i
   if (error == cudaSuccess) return absl::OkStatus();
   cudaGetLastError();  // clear a non-sticky error so the next call starts clean
   return absl::InternalError(absl::StrCat(file, ":", line, ": ", call, ": ",
-                                          cudaGetErrorName(error), " (",
-                                          cudaGetErrorString(error), ")"));
+                                          cudaGetErrorName(error), " (", cudaGetErrorString(error),
+                                          ")"));
 }
 
 }  // namespace gnc::cuda

@@ -18,12 +18,12 @@ absl::Status CudaStatus(cudaError_t error, const char* call, const char* file, i
 
 // GNC_CUDA_RETURN_IF_ERROR(expr): evaluates a cudaError_t expression and returns the
 // error as a Status from the enclosing function, which must return Status or StatusOr.
-#define GNC_CUDA_RETURN_IF_ERROR(expr)                                              \
-  do {                                                                              \
-    const cudaError_t gnc_cuda_error_ = (expr);                                     \
-    if (gnc_cuda_error_ != cudaSuccess) {                                           \
-      return ::gnc::cuda::CudaStatus(gnc_cuda_error_, #expr, __FILE__, __LINE__);   \
-    }                                                                               \
+#define GNC_CUDA_RETURN_IF_ERROR(expr)                                            \
+  do {                                                                            \
+    const cudaError_t gnc_cuda_error_ = (expr);                                   \
+    if (gnc_cuda_error_ != cudaSuccess) {                                         \
+      return ::gnc::cuda::CudaStatus(gnc_cuda_error_, #expr, __FILE__, __LINE__); \
+    }                                                                             \
   } while (false)
 
 #endif  // GNC_SERVER_CUDA_CUDA_STATUS_H_

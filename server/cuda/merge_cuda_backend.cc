@@ -23,11 +23,11 @@ namespace {
 using cuda::DeviceArray;
 using cuda::PinnedArray;
 
-#define GNC_RETURN_IF_ERROR(expr)              \
-  do {                                         \
-    if (absl::Status s_ = (expr); !s_.ok()) {  \
-      return s_;                               \
-    }                                          \
+#define GNC_RETURN_IF_ERROR(expr)             \
+  do {                                        \
+    if (absl::Status s_ = (expr); !s_.ok()) { \
+      return s_;                              \
+    }                                         \
   } while (false)
 
 // Rows are padded to 64 floats: 256-byte aligned rows, whole float4s for the pass.
@@ -155,8 +155,7 @@ absl::Status CudaMergeBackend::Sums(int rows, int cols) {
 
 absl::Status CudaMergeBackend::Merge(const MergeParams& p, const MergeInputs& in,
                                      std::span<float> w, std::span<float> v,
-                                     std::span<const std::span<float>> deltas,
-                                     MergeStats* stats) {
+                                     std::span<const std::span<float>> deltas, MergeStats* stats) {
   const size_t num = in.grads.size();
   const size_t d = w.size();
   if (num == 0) return absl::InvalidArgumentError("merge with no gradients");
@@ -166,9 +165,9 @@ absl::Status CudaMergeBackend::Merge(const MergeParams& p, const MergeInputs& in
   }
   for (size_t k = 0; k < num; ++k) {
     if (in.grads[k].size() != d || deltas[k].size() != d) {
-      return absl::InvalidArgumentError(absl::StrCat("contributor ", k, " has ",
-                                                     in.grads[k].size(), " gradient and ",
-                                                     deltas[k].size(), " delta elements, not ", d));
+      return absl::InvalidArgumentError(absl::StrCat("contributor ", k, " has ", in.grads[k].size(),
+                                                     " gradient and ", deltas[k].size(),
+                                                     " delta elements, not ", d));
     }
   }
   double total = 0;
@@ -193,8 +192,8 @@ absl::Status CudaMergeBackend::Merge(const MergeParams& p, const MergeInputs& in
   }
   GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(weights_.data(), weights_host_.data(),
                                            num * sizeof(float), cudaMemcpyHostToDevice, s));
-  GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(keys_.data(), keys_host_.data(),
-                                           num * sizeof(uint64_t), cudaMemcpyHostToDevice, s));
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(keys_.data(), keys_host_.data(), num * sizeof(uint64_t),
+                                           cudaMemcpyHostToDevice, s));
   std::vector<cuda::HostToDevice> up;
   for (size_t k = 0; k < num; ++k) {
     up.push_back({in.grads[k].data(), grads_.data() + k * stride_, d * sizeof(float)});
@@ -270,9 +269,8 @@ absl::Status CudaMergeBackend::Merge(const MergeParams& p, const MergeInputs& in
   if (any_capped) {
     GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(scales_.data(), scales_host_.data(),
                                              num * sizeof(float), cudaMemcpyHostToDevice, s));
-    GNC_CUDA_RETURN_IF_ERROR(cuda::LaunchScaleRows(deltas_.data(), stride_, k_num,
-                                                   static_cast<int64_t>(d), scales_.data(),
-                                                   row_blocks_, s));
+    GNC_CUDA_RETURN_IF_ERROR(cuda::LaunchScaleRows(
+        deltas_.data(), stride_, k_num, static_cast<int64_t>(d), scales_.data(), row_blocks_, s));
   }
 
   std::vector<cuda::DeviceToHost> down;

@@ -35,10 +35,10 @@ int PersistentBlocks(int64_t items, int sm_count, int blocks_per_sm);
 // sums in double: partials[r * num_blocks + block] for row r = k (||g_k||^2),
 // num + k (||g_k - gbar||^2) and 2 num (||gbar||^2).
 struct MergePassArgs {
-  const float* grads = nullptr;  // num rows
-  float* deltas = nullptr;       // num rows; written only when write_deltas
-  float* w = nullptr;            // one row
-  float* v = nullptr;            // one row
+  const float* grads = nullptr;    // num rows
+  float* deltas = nullptr;         // num rows; written only when write_deltas
+  float* w = nullptr;              // one row
+  float* v = nullptr;              // one row
   const float* weights = nullptr;  // num, device memory
   double* partials = nullptr;      // (2 num + 1) * num_blocks
   int64_t stride = 0;
@@ -76,8 +76,8 @@ struct IsotropicNoiseArgs {
 cudaError_t LaunchIsotropicNoise(const IsotropicNoiseArgs& args, cudaStream_t stream);
 
 // LaunchScaleRows: rows[k][j] *= scales[k] for j < len, rows whose scale is 1 skipped.
-cudaError_t LaunchScaleRows(float* rows, int64_t stride, int num, int64_t len,
-                            const float* scales, int num_blocks, cudaStream_t stream);
+cudaError_t LaunchScaleRows(float* rows, int64_t stride, int num, int64_t len, const float* scales,
+                            int num_blocks, cudaStream_t stream);
 
 }  // namespace gnc::cuda
 

@@ -157,8 +157,8 @@ cudaError_t LaunchMergePass(const MergePassArgs& a, cudaStream_t stream) {
   }
   const size_t shared = MergePassSharedBytes(a.num);
   if (shared > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(shared));
     if (e != cudaSuccess) return e;
   }
   kernel<<<a.num_blocks, kMergeThreads, shared, stream>>>(a);

@@ -53,7 +53,8 @@ class PinnedStager {
     PinnedArray<unsigned char> buffer;
     Event ready;  // recorded after the copy that uses the buffer
   };
-  PinnedStager(cudaStream_t stream, size_t chunk_bytes) : stream_(stream), chunk_bytes_(chunk_bytes) {}
+  PinnedStager(cudaStream_t stream, size_t chunk_bytes)
+      : stream_(stream), chunk_bytes_(chunk_bytes) {}
 
   cudaStream_t stream_;
   size_t chunk_bytes_;

@@ -17,10 +17,10 @@ __global__ void __launch_bounds__(kMergeThreads)
 
 }  // namespace
 
-cudaError_t LaunchScaleRows(float* rows, int64_t stride, int num, int64_t len,
-                            const float* scales, int num_blocks, cudaStream_t stream) {
-  if (rows == nullptr || scales == nullptr || num < 1 || num > 65535 || num_blocks < 1 ||
-      len < 0 || stride < len) {
+cudaError_t LaunchScaleRows(float* rows, int64_t stride, int num, int64_t len, const float* scales,
+                            int num_blocks, cudaStream_t stream) {
+  if (rows == nullptr || scales == nullptr || num < 1 || num > 65535 || num_blocks < 1 || len < 0 ||
+      stride < len) {
     return cudaErrorInvalidValue;
   }
   ScaleRowsKernel<<<dim3(num_blocks, num), kMergeThreads, 0, stream>>>(rows, stride, len, scales);

@@ -90,13 +90,15 @@ prepare() {
   bundle=${1:-$root/out/gpu-bundle}
   build=${GNC_GPU_BUILD_DIR:-$root/build-gpu}
   data_src=${DATA_DIR:-/usr/share/datasets/fashion-mnist}
-  local tests=(merge_cuda_test compute_cuda_test merge_bench)
+  local tests=(gnc_merge_cuda_test gnc_compute_cuda_test gnc_merge_cuda_bench)
   local daemons=(gnc-server gnc-worker)
 
+  local configure_log="$build/configure.log"
+  mkdir -p "$build" || die "cannot create $build"
   echo "[prepare] configuring $build (CUDA, sm_90, Release)"
   cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGNC_WITH_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90 -DGNC_BUILD_TESTS=ON > "$build.configure.log" 2>&1 ||
-    { tail -30 "$build.configure.log"; die "configure failed (log: $build.configure.log)"; }
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DGNC_BUILD_TESTS=ON > "$configure_log" 2>&1 ||
+    { tail -30 "$configure_log"; die "configure failed (log: $configure_log)"; }
   echo "[prepare] building ${tests[*]} ${daemons[*]}"
   ninja -C "$build" -j "$(nproc)" "${tests[@]}" "${daemons[@]}" || die "build failed"
 
@@ -112,7 +114,7 @@ prepare() {
   collect_libs "$bundle/lib" "$bundle"/libexec/*
   # The CUDA runtime the binaries were linked against (0.7 MB), whatever the GPU
   # machine's toolkit minor version is.
-  path=$(ldd "$bundle/libexec/merge_cuda_test" | awk '/libcudart\.so/ {print $3}')
+  path=$(ldd "$bundle/libexec/gnc_merge_cuda_test" | awk '/libcudart\.so/ {print $3}')
   [[ -f $path ]] && cp -L "$path" "$bundle/lib/"
   strip --strip-unneeded "$bundle"/libexec/* "$bundle"/lib/* 2>/dev/null
 
@@ -142,8 +144,8 @@ prepare() {
   local failed=0 out
   for name in "${tests[@]}" "${daemons[@]}"; do
     case $name in
-      merge_cuda_test | compute_cuda_test) out=$("$bundle/bin/$name" --gtest_list_tests 2>&1) ;;
-      merge_bench) out=$("$bundle/bin/$name" --help 2>&1; true) ;;
+      gnc_merge_cuda_test | gnc_compute_cuda_test) out=$("$bundle/bin/$name" --gtest_list_tests 2>&1) ;;
+      gnc_merge_cuda_bench) out=$("$bundle/bin/$name" --help 2>&1; true) ;;
       gnc-server) out=$("$bundle/bin/$name" --check_config --num_shards=2 --num_workers=2 \
         --device=cuda 2>&1) ;;
       gnc-worker) out=$("$bundle/bin/$name" --check_config --servers=127.0.0.1:1 \
@@ -177,9 +179,9 @@ prepare() {
 find_bundle() {
   local root
   if [[ -n ${GNC_GPU_BUNDLE:-} ]]; then echo "$GNC_GPU_BUNDLE"; return; fi
-  if [[ -x $here/bin/merge_cuda_test ]]; then echo "$here"; return; fi
+  if [[ -x $here/bin/gnc_merge_cuda_test ]]; then echo "$here"; return; fi
   root=$(cd "$here/../.." && pwd)
-  if [[ -x $root/out/gpu-bundle/bin/merge_cuda_test ]]; then echo "$root/out/gpu-bundle"; return; fi
+  if [[ -x $root/out/gpu-bundle/bin/gnc_merge_cuda_test ]]; then echo "$root/out/gpu-bundle"; return; fi
   if [[ -f $root/out/gpu-bundle.tar.xz ]]; then
     mkdir -p /tmp/gnc-gpu && tar -C /tmp/gnc-gpu -xJf "$root/out/gpu-bundle.tar.xz" &&
       echo /tmp/gnc-gpu/gpu-bundle && return
@@ -242,12 +244,12 @@ run() {
     echo
   } >> "$summary"
 
-  step "merge_cuda_test" 120 "$out/merge_cuda_test.log" "$bundle/bin/merge_cuda_test"
-  gtest_totals "$out/merge_cuda_test.log"
-  step "compute_cuda_test" 60 "$out/compute_cuda_test.log" "$bundle/bin/compute_cuda_test"
-  gtest_totals "$out/compute_cuda_test.log"
-  step "merge_bench" 120 "$out/merge_bench.txt" "$bundle/bin/merge_bench" --runs=7
-  sed 's/^/  /' "$out/merge_bench.txt" >> "$summary"
+  step "gnc_merge_cuda_test" 120 "$out/gnc_merge_cuda_test.log" "$bundle/bin/gnc_merge_cuda_test"
+  gtest_totals "$out/gnc_merge_cuda_test.log"
+  step "gnc_compute_cuda_test" 60 "$out/gnc_compute_cuda_test.log" "$bundle/bin/gnc_compute_cuda_test"
+  gtest_totals "$out/gnc_compute_cuda_test.log"
+  step "gnc_merge_cuda_bench" 120 "$out/gnc_merge_cuda_bench.txt" "$bundle/bin/gnc_merge_cuda_bench" --runs=7
+  sed 's/^/  /' "$out/gnc_merge_cuda_bench.txt" >> "$summary"
 
   # A short GPU training run: 2 shards and 2 workers, both sides on CUDA.
   local steps=${TRAIN_STEPS:-40} device=${TRAIN_DEVICE:-cuda}

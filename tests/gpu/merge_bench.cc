@@ -1,4 +1,4 @@
-// merge_bench: throughput of the device merge in bytes touched per second, against a
+// gnc_merge_cuda_bench: throughput of the device merge in bytes touched per second, against a
 // device-to-device cudaMemcpy timed in the same run (DESIGN.md section 3: ratios to a
 // yardstick on the same machine). Only device work is timed: the fused pass and the
 // row reduction (gnc), plus the noise kernel and its reduction (isotropic).
@@ -7,7 +7,7 @@
 // written: (2K + 4) N floats. The copy moves the K gradients into the delta buffer:
 // 2 K N floats touched. Both columns are rates, so their ratio compares like with like.
 //
-// Usage: merge_bench [--max_mi=256] [--runs=9] [--blocks_per_sm=2]
+// Usage: gnc_merge_cuda_bench [--max_mi=256] [--runs=9] [--blocks_per_sm=2]
 // Exits 0 with a message when there is no CUDA device.
 #include <cuda_runtime_api.h>
 
@@ -24,14 +24,13 @@
 namespace gnc::cuda {
 namespace {
 
-#define BENCH_CHECK(expr)                                                              \
-  do {                                                                                 \
-    const cudaError_t e_ = (expr);                                                     \
-    if (e_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,              \
-                   cudaGetErrorString(e_));                                            \
-      return false;                                                                    \
-    }                                                                                  \
+#define BENCH_CHECK(expr)                                                                         \
+  do {                                                                                            \
+    const cudaError_t e_ = (expr);                                                                \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      return false;                                                                               \
+    }                                                                                             \
   } while (false)
 
 struct Options {
@@ -106,8 +105,8 @@ bool RunOne(const Options& o, int sm_count, int64_t n, int num, cudaStream_t s) 
   BENCH_CHECK(b.Get(n, &v));
   BENCH_CHECK(b.Get(num, &weights));
   BENCH_CHECK(b.Get(num, &keys));
-  BENCH_CHECK(b.Get(std::max<size_t>(size_t(2 * num + 1) * pass_blocks,
-                                     size_t(num) * row_blocks), &partials));
+  BENCH_CHECK(b.Get(std::max<size_t>(size_t(2 * num + 1) * pass_blocks, size_t(num) * row_blocks),
+                    &partials));
   BENCH_CHECK(b.Get(2 * num + 1, &sums));
   // 0x3c3c3c3c is about 0.0115: finite, normal values everywhere.
   BENCH_CHECK(cudaMemsetAsync(grads, 0x3c, sizeof(float) * num * n, s));
@@ -116,15 +115,18 @@ bool RunOne(const Options& o, int sm_count, int64_t n, int num, cudaStream_t s) 
   std::vector<float> host_weights(num, 1.0f / num);
   std::vector<uint64_t> host_keys(num);
   for (int k = 0; k < num; ++k) host_keys[k] = 0x9e3779b97f4a7c15ull * (k + 1);
-  BENCH_CHECK(cudaMemcpy(weights, host_weights.data(), num * sizeof(float),
-                         cudaMemcpyHostToDevice));
+  BENCH_CHECK(
+      cudaMemcpy(weights, host_weights.data(), num * sizeof(float), cudaMemcpyHostToDevice));
   BENCH_CHECK(cudaMemcpy(keys, host_keys.data(), num * sizeof(uint64_t), cudaMemcpyHostToDevice));
 
   double copy_ms = 0;
-  if (!Timed(s, o.runs, [&] {
-        return cudaMemcpyAsync(deltas, grads, sizeof(float) * num * n, cudaMemcpyDeviceToDevice,
-                               s);
-      }, &copy_ms)) {
+  if (!Timed(
+          s, o.runs,
+          [&] {
+            return cudaMemcpyAsync(deltas, grads, sizeof(float) * num * n, cudaMemcpyDeviceToDevice,
+                                   s);
+          },
+          &copy_ms)) {
     std::fprintf(stderr, "copy failed\n");
     return false;
   }
@@ -157,13 +159,16 @@ bool RunOne(const Options& o, int sm_count, int64_t n, int num, cudaStream_t s) 
     z.num = num;
     z.num_blocks = row_blocks;
     double ms = 0;
-    const bool ok = Timed(s, o.runs, [&] {
-      cudaError_t e = LaunchMergePass(a, s);
-      if (e == cudaSuccess) e = LaunchReduceRows(partials, 2 * num + 1, pass_blocks, sums, s);
-      if (iso && e == cudaSuccess) e = LaunchIsotropicNoise(z, s);
-      if (iso && e == cudaSuccess) e = LaunchReduceRows(partials, num, row_blocks, sums, s);
-      return e;
-    }, &ms);
+    const bool ok = Timed(
+        s, o.runs,
+        [&] {
+          cudaError_t e = LaunchMergePass(a, s);
+          if (e == cudaSuccess) e = LaunchReduceRows(partials, 2 * num + 1, pass_blocks, sums, s);
+          if (iso && e == cudaSuccess) e = LaunchIsotropicNoise(z, s);
+          if (iso && e == cudaSuccess) e = LaunchReduceRows(partials, num, row_blocks, sums, s);
+          return e;
+        },
+        &ms);
     if (!ok) {
       std::fprintf(stderr, "merge (%s) failed: %s\n", mode, cudaGetErrorString(cudaGetLastError()));
       return false;
@@ -194,7 +199,8 @@ int Main(int argc, char** argv) {
     } else if (ParseFlag(argv[i], "--blocks_per_sm", &value)) {
       o.blocks_per_sm = static_cast<int>(std::max<int64_t>(1, value));
     } else {
-      std::fprintf(stderr, "usage: merge_bench [--max_mi=256] [--runs=9] [--blocks_per_sm=%d]\n",
+      std::fprintf(stderr,
+                   "usage: gnc_merge_cuda_bench [--max_mi=256] [--runs=9] [--blocks_per_sm=%d]\n",
                    kMergeBlocksPerSm);
       return 2;
     }
@@ -202,7 +208,7 @@ int Main(int argc, char** argv) {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess || count == 0) {
-    std::printf("merge_bench: no CUDA device (%s); nothing to measure\n",
+    std::printf("gnc_merge_cuda_bench: no CUDA device (%s); nothing to measure\n",
                 e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount returned 0");
     return 0;
   }
@@ -210,12 +216,13 @@ int Main(int argc, char** argv) {
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 1;
   cudaStream_t s;
   if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) return 1;
-  std::printf("merge_bench: %s, %d SMs, %.1f GiB; %d blocks/SM of %d threads; median of %d\n",
-              prop.name, prop.multiProcessorCount, prop.totalGlobalMem / double(1 << 30),
-              o.blocks_per_sm, kMergeThreads, o.runs);
+  std::printf(
+      "gnc_merge_cuda_bench: %s, %d SMs, %.1f GiB; %d blocks/SM of %d threads; median of %d\n",
+      prop.name, prop.multiProcessorCount, prop.totalGlobalMem / double(1 << 30), o.blocks_per_sm,
+      kMergeThreads, o.runs);
   std::printf("rates are bytes touched per second (GB/s = 1e9 B/s); ratio = merge / copy\n");
-  std::printf("%-9s %7s %3s %10s %11s %12s %7s\n", "mode", "N(Mi)", "K", "merge_ms",
-              "merge_GB/s", "memcpy_GB/s", "ratio");
+  std::printf("%-9s %7s %3s %10s %11s %12s %7s\n", "mode", "N(Mi)", "K", "merge_ms", "merge_GB/s",
+              "memcpy_GB/s", "ratio");
   bool ok = true;
   for (int64_t mi = 1; mi <= o.max_mi && ok; mi *= 4) {
     for (int num : {4, 16}) {

@@ -98,9 +98,8 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, 
       if (bad++ == 0) first = j;
     }
   }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " elements off by more than " << tol
-                     << "; first at " << first << ": got " << got[first] << ", want "
-                     << want[first];
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " elements off by more than " << tol << "; first at "
+                     << first << ": got " << got[first] << ", want " << want[first];
 }
 
 void ExpectRelNear(double got, double want, double rel, const std::string& what) {
@@ -176,8 +175,7 @@ enum class Variant { kPlain, kNesterovDecay, kCap, kAll };
 
 using CaseParam = std::tuple<SmoothingMode, Variant, std::pair<size_t, int>>;
 
-class CudaMergeCaseTest : public ::testing::TestWithParam<CaseParam>,
-                          protected CudaMergeFixture {
+class CudaMergeCaseTest : public ::testing::TestWithParam<CaseParam>, protected CudaMergeFixture {
  protected:
   void SetUp() override {
     if (!OpenDevice()) GTEST_SKIP() << "no CUDA device, CUDA merge not tested: " << skip_reason_;
@@ -210,24 +208,20 @@ std::string CaseName(const ::testing::TestParamInfo<CaseParam>& info) {
   const char* mode_name = mode == SmoothingMode::kNone  ? "none"
                           : mode == SmoothingMode::kGnc ? "gnc"
                                                         : "isotropic";
-  return absl::StrCat(mode_name, "_", kVariants[static_cast<int>(variant)], "_d",
-                      shape.first, "_k", shape.second);
+  return absl::StrCat(mode_name, "_", kVariants[static_cast<int>(variant)], "_d", shape.first, "_k",
+                      shape.second);
 }
 
 // Sizes around the kernels' units (4-float vectors, 64-float rows, 1024-float tiles)
 // and contributor counts on each side of the register-cached variants (4, 8, 16).
 INSTANTIATE_TEST_SUITE_P(
     AllModes, CudaMergeCaseTest,
-    ::testing::Combine(::testing::Values(SmoothingMode::kNone, SmoothingMode::kGnc,
-                                         SmoothingMode::kIsotropic),
-                       ::testing::Values(Variant::kPlain, Variant::kNesterovDecay, Variant::kCap,
-                                         Variant::kAll),
-                       ::testing::Values(std::pair<size_t, int>{1, 1},
-                                         std::pair<size_t, int>{5, 3},
-                                         std::pair<size_t, int>{2048, 4},
-                                         std::pair<size_t, int>{4097, 6},
-                                         std::pair<size_t, int>{100003, 16},
-                                         std::pair<size_t, int>{65537, 19})),
+    ::testing::Combine(
+        ::testing::Values(SmoothingMode::kNone, SmoothingMode::kGnc, SmoothingMode::kIsotropic),
+        ::testing::Values(Variant::kPlain, Variant::kNesterovDecay, Variant::kCap, Variant::kAll),
+        ::testing::Values(std::pair<size_t, int>{1, 1}, std::pair<size_t, int>{5, 3},
+                          std::pair<size_t, int>{2048, 4}, std::pair<size_t, int>{4097, 6},
+                          std::pair<size_t, int>{100003, 16}, std::pair<size_t, int>{65537, 19})),
     CaseName);
 
 TEST_F(CudaMergeTest, LargeShardSpansManyTiles) {

@@ -23,11 +23,11 @@
 namespace gnc {
 namespace {
 
-#define GNC_RETURN_IF_ERROR(expr)              \
-  do {                                         \
-    if (absl::Status s_ = (expr); !s_.ok()) {  \
-      return s_;                               \
-    }                                          \
+#define GNC_RETURN_IF_ERROR(expr)             \
+  do {                                        \
+    if (absl::Status s_ = (expr); !s_.ok()) { \
+      return s_;                              \
+    }                                         \
   } while (false)
 
 // Evaluate runs the forward pass over this many examples at a time (as the CPU does).
@@ -82,15 +82,13 @@ absl::Status CheckShape(const MlpShape& shape, std::span<const float> params,
     }
   }
   if (static_cast<int64_t>(params.size()) != ParameterCount(shape)) {
-    return absl::InvalidArgumentError(absl::StrCat("params has ", params.size(),
-                                                   " elements, the MLP has ",
-                                                   ParameterCount(shape)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "params has ", params.size(), " elements, the MLP has ", ParameterCount(shape)));
   }
   const int64_t batch = static_cast<int64_t>(labels.size());
   if (static_cast<int64_t>(inputs.size()) != batch * shape.widths[0]) {
-    return absl::InvalidArgumentError(absl::StrCat("inputs has ", inputs.size(),
-                                                   " elements, expected ", batch, " x ",
-                                                   shape.widths[0]));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "inputs has ", inputs.size(), " elements, expected ", batch, " x ", shape.widths[0]));
   }
   const int64_t classes = shape.widths.back();
   for (int32_t y : labels) {
@@ -163,14 +161,14 @@ absl::StatusOr<std::unique_ptr<ComputeBackend>> CudaComputeBackend::Create(int d
   return std::unique_ptr<ComputeBackend>(std::move(b));
 }
 
-absl::Status CudaComputeBackend::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n,
-                                      int64_t k, const float* a, int64_t lda, const float* b,
-                                      int64_t ldb, float* c, int64_t ldc) {
+absl::Status CudaComputeBackend::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                                      const float* a, int64_t lda, const float* b, int64_t ldb,
+                                      float* c, int64_t ldc) {
   const float one = 1.0f, zero = 0.0f;
   GNC_WORKER_CUBLAS_CHECK(cublasSgemm(
       handle_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &one, b,
-      static_cast<int>(ldb), a, static_cast<int>(lda), &zero, c, static_cast<int>(ldc)));
+      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &one, b, static_cast<int>(ldb),
+      a, static_cast<int>(lda), &zero, c, static_cast<int>(ldc)));
   return absl::OkStatus();
 }
 
@@ -206,8 +204,8 @@ absl::Status CudaComputeBackend::Upload(const MlpShape& shape, std::span<const f
                                         cudaMemcpyHostToDevice, stream_));
   GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(inputs_.as<float>(), inputs.data(), inputs.size_bytes(),
                                         cudaMemcpyHostToDevice, stream_));
-  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(labels_.as<int32_t>(), labels.data(),
-                                        labels.size_bytes(), cudaMemcpyHostToDevice, stream_));
+  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(labels_.as<int32_t>(), labels.data(), labels.size_bytes(),
+                                        cudaMemcpyHostToDevice, stream_));
   return absl::OkStatus();
 }
 
@@ -227,8 +225,8 @@ absl::Status CudaComputeBackend::Forward(const MlpShape& shape, const float* x, 
   return absl::OkStatus();
 }
 
-absl::Status CudaComputeBackend::Loss(const MlpShape& shape, const int32_t* labels,
-                                      int64_t batch, float* delta) {
+absl::Status CudaComputeBackend::Loss(const MlpShape& shape, const int32_t* labels, int64_t batch,
+                                      float* delta) {
   const int64_t classes = shape.widths.back();
   const float* logits = act_[shape.widths.size() - 1]->as<float>();
   GNC_WORKER_CUDA_CHECK(cuda::LaunchSoftmaxCrossEntropy(

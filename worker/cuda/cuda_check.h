@@ -16,20 +16,20 @@ absl::Status CublasError(cublasStatus_t status, const char* call, const char* fi
 
 }  // namespace gnc::cuda
 
-#define GNC_WORKER_CUDA_CHECK(expr)                                                  \
-  do {                                                                               \
-    const cudaError_t gnc_error_ = (expr);                                           \
-    if (gnc_error_ != cudaSuccess) {                                                 \
-      return ::gnc::cuda::CudaError(gnc_error_, #expr, __FILE__, __LINE__);          \
-    }                                                                                \
+#define GNC_WORKER_CUDA_CHECK(expr)                                         \
+  do {                                                                      \
+    const cudaError_t gnc_error_ = (expr);                                  \
+    if (gnc_error_ != cudaSuccess) {                                        \
+      return ::gnc::cuda::CudaError(gnc_error_, #expr, __FILE__, __LINE__); \
+    }                                                                       \
   } while (false)
 
-#define GNC_WORKER_CUBLAS_CHECK(expr)                                                \
-  do {                                                                               \
-    const cublasStatus_t gnc_status_ = (expr);                                       \
-    if (gnc_status_ != CUBLAS_STATUS_SUCCESS) {                                      \
-      return ::gnc::cuda::CublasError(gnc_status_, #expr, __FILE__, __LINE__);       \
-    }                                                                                \
+#define GNC_WORKER_CUBLAS_CHECK(expr)                                          \
+  do {                                                                         \
+    const cublasStatus_t gnc_status_ = (expr);                                 \
+    if (gnc_status_ != CUBLAS_STATUS_SUCCESS) {                                \
+      return ::gnc::cuda::CublasError(gnc_status_, #expr, __FILE__, __LINE__); \
+    }                                                                          \
   } while (false)
 
 #endif  // GNC_WORKER_CUDA_CUDA_CHECK_H_

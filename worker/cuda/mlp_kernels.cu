@@ -40,9 +40,9 @@ __global__ void ColumnSumsKernel(const float* m, int64_t rows, int64_t cols, flo
 }
 
 // One warp per row.
-__global__ void SoftmaxCrossEntropyKernel(const float* logits, const int32_t* labels,
-                                          int64_t rows, int64_t classes, float inv_batch,
-                                          float* delta, double* row_loss, int32_t* row_correct) {
+__global__ void SoftmaxCrossEntropyKernel(const float* logits, const int32_t* labels, int64_t rows,
+                                          int64_t classes, float inv_batch, float* delta,
+                                          double* row_loss, int32_t* row_correct) {
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;  // whole warps leave together
@@ -83,8 +83,8 @@ __global__ void SoftmaxCrossEntropyKernel(const float* logits, const int32_t* la
 
 }  // namespace
 
-cudaError_t LaunchBiasActivation(float* z, const float* bias, int64_t rows, int64_t cols,
-                                 bool relu, cudaStream_t stream) {
+cudaError_t LaunchBiasActivation(float* z, const float* bias, int64_t rows, int64_t cols, bool relu,
+                                 cudaStream_t stream) {
   if (z == nullptr || bias == nullptr || rows < 0 || cols < 1) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   BiasActivationKernel<<<Blocks(rows * cols), kThreads, 0, stream>>>(z, bias, rows * cols, cols,
@@ -109,8 +109,7 @@ cudaError_t LaunchColumnSums(const float* m, int64_t rows, int64_t cols, float* 
 
 cudaError_t LaunchSoftmaxCrossEntropy(const float* logits, const int32_t* labels, int64_t rows,
                                       int64_t classes, float inv_batch, float* delta,
-                                      double* row_loss, int32_t* row_correct,
-                                      cudaStream_t stream) {
+                                      double* row_loss, int32_t* row_correct, cudaStream_t stream) {
   if (logits == nullptr || labels == nullptr || row_loss == nullptr || row_correct == nullptr ||
       rows < 0 || classes < 1) {
     return cudaErrorInvalidValue;

@@ -12,8 +12,8 @@
 namespace gnc::cuda {
 
 // LaunchBiasActivation: z[i][j] += bias[j], then max(z, 0) when `relu`.
-cudaError_t LaunchBiasActivation(float* z, const float* bias, int64_t rows, int64_t cols,
-                                 bool relu, cudaStream_t stream);
+cudaError_t LaunchBiasActivation(float* z, const float* bias, int64_t rows, int64_t cols, bool relu,
+                                 cudaStream_t stream);
 
 // LaunchReluBackward: delta[j] = 0 where act[j] <= 0 (act is the ReLU's output).
 cudaError_t LaunchReluBackward(float* delta, const float* act, int64_t n, cudaStream_t stream);
@@ -29,8 +29,7 @@ cudaError_t LaunchColumnSums(const float* m, int64_t rows, int64_t cols, float* 
 // REQUIRES: labels in [0, classes).
 cudaError_t LaunchSoftmaxCrossEntropy(const float* logits, const int32_t* labels, int64_t rows,
                                       int64_t classes, float inv_batch, float* delta,
-                                      double* row_loss, int32_t* row_correct,
-                                      cudaStream_t stream);
+                                      double* row_loss, int32_t* row_correct, cudaStream_t stream);
 
 }  // namespace gnc::cuda
 
