@@ -151,8 +151,8 @@ void ShardMetrics::OnStep(const StepReport& r) {
   if (worker_noise_family_ != nullptr && r.stats.noise_sqnorm.size() == r.ranks.size()) {
     for (size_t k = 0; k < r.ranks.size(); ++k) {
       worker_noise_family_
-          ->Add({{"shard", absl::StrCat(options_.shard_index)},
-                 {"worker", absl::StrCat(r.ranks[k])}})
+          ->Add(
+              {{"shard", absl::StrCat(options_.shard_index)}, {"worker", absl::StrCat(r.ranks[k])}})
           .Set(r.stats.noise_sqnorm[k]);
     }
   }

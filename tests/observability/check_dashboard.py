@@ -22,6 +22,7 @@ SUBSTITUTIONS = {
     "$__rate_interval": "15s",
     "$__interval": "5s",
     "$__range": "1m",
+    "$namespace": ".*",
     "$job": ".*",
     "$shard": ".*",
     "$worker": ".*",

@@ -36,9 +36,8 @@ absl::StatusOr<std::string> HttpGet(const std::string& host, int port, const std
     return absl::UnavailableError(
         absl::StrCat("connect ", host, ":", port, ": ", std::strerror(err)));
   }
-  const std::string request =
-      absl::StrCat("GET ", target, " HTTP/1.0\r\nHost: ", host, ":", port,
-                   "\r\nAccept: */*\r\nConnection: close\r\n\r\n");
+  const std::string request = absl::StrCat("GET ", target, " HTTP/1.0\r\nHost: ", host, ":", port,
+                                           "\r\nAccept: */*\r\nConnection: close\r\n\r\n");
   for (size_t sent = 0; sent < request.size();) {
     const ssize_t n = send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
     if (n <= 0) {

@@ -170,14 +170,14 @@ int Run() {
     const absl::Time deadline = absl::Now() + absl::Seconds(60);
     absl::StatusOr<double> seen = absl::NotFoundError("not queried");
     while (absl::Now() < deadline) {
-      seen = PrometheusQueryScalar(
-          port, absl::StrCat("count(gnc_step == ", steps, ") == ", num_shards));
+      seen = PrometheusQueryScalar(port,
+                                   absl::StrCat("count(gnc_step == ", steps, ") == ", num_shards));
       if (seen.ok()) break;
       absl::SleepFor(absl::Milliseconds(250));
     }
     if (!seen.ok()) {
-      check.Fail(absl::StrCat("Prometheus never saw step ", steps, " on every shard: ",
-                              seen.status().ToString()));
+      check.Fail(absl::StrCat("Prometheus never saw step ", steps,
+                              " on every shard: ", seen.status().ToString()));
     } else {
       absl::SleepFor(absl::Seconds(3));
       absl::StatusOr<double> rule = PrometheusQueryScalar(port, "gnc:gradient_noise_scale");

@@ -49,8 +49,8 @@ absl::Status RunWorker(const ScriptedJobOptions& o, const ModelLayout& layout, i
 void IntegerGradient(int64_t step, int rank, std::span<float> g) {
   for (size_t j = 0; j < g.size(); ++j) {
     const int mean = static_cast<int>((j * 7 + static_cast<size_t>(step) * 3) % 5) - 2;
-    const uint64_t h = Mix((static_cast<uint64_t>(step) << 40) ^
-                           (static_cast<uint64_t>(rank) << 32) ^ j);
+    const uint64_t h =
+        Mix((static_cast<uint64_t>(step) << 40) ^ (static_cast<uint64_t>(rank) << 32) ^ j);
     g[j] = static_cast<float>(mean + static_cast<int>(h % 3) - 1);
   }
 }
@@ -69,7 +69,8 @@ absl::Status RunScriptedJob(const ScriptedJobOptions& o, const GradientFn& gradi
       absl::Status s = RunWorker(o, *layout, rank, gradient);
       if (!s.ok()) {
         absl::MutexLock lock(&mu);
-        if (first.ok()) first = absl::Status(s.code(), absl::StrCat("worker ", rank, ": ", s.message()));
+        if (first.ok())
+          first = absl::Status(s.code(), absl::StrCat("worker ", rank, ": ", s.message()));
       }
     });
   }

@@ -18,14 +18,14 @@
 namespace gnc::obs {
 
 struct ScriptedJobOptions {
-  std::vector<std::string> servers;    // gRPC host:port of shard 0..S-1
-  int num_workers = 4;                 // K; ranks 0..K-1 run on threads
-  int64_t num_elements = 10000;        // N, one tensor "w"
-  int64_t steps = 20;                  // steps to push; 0 = until *stop becomes true
-  std::vector<int64_t> num_samples;    // n_k per rank (size K)
+  std::vector<std::string> servers;            // gRPC host:port of shard 0..S-1
+  int num_workers = 4;                         // K; ranks 0..K-1 run on threads
+  int64_t num_elements = 10000;                // N, one tensor "w"
+  int64_t steps = 20;                          // steps to push; 0 = until *stop becomes true
+  std::vector<int64_t> num_samples;            // n_k per rank (size K)
   absl::Duration pace = absl::ZeroDuration();  // sleep after each push
-  bool leave = true;                   // Leave() when done
-  const std::atomic<bool>* stop = nullptr;  // polled between steps when steps == 0
+  bool leave = true;                           // Leave() when done
+  const std::atomic<bool>* stop = nullptr;     // polled between steps when steps == 0
 };
 
 // GradientFn: writes worker `rank`'s gradient of step `step` into g (size N). Called
