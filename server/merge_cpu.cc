@@ -28,6 +28,12 @@ class CpuMergeBackend final : public MergeBackend {
         v.size() != d) {
       return absl::InvalidArgumentError("merge inputs disagree in size");
     }
+    for (size_t k = 0; k < num; ++k) {
+      if (in.grads[k].size() != d || deltas[k].size() != d) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "gradient or delta ", k, " has the wrong size (shard has ", d, " elements)"));
+      }
+    }
     double total = 0;
     for (double n : in.num_samples) total += n;
     std::vector<float> weight(num);
