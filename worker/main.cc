@@ -47,7 +47,9 @@ ABSL_FLAG(std::optional<bool>, evaluate, std::nullopt,
           "true|false: test the unperturbed w at every epoch boundary and at the end "
           "(unset: rank 0 does)");
 ABSL_FLAG(absl::Duration, progress_interval, absl::Seconds(5), "Time between progress lines");
-ABSL_FLAG(int, metrics_port, 0, "Prometheus /metrics port (0 disables)");
+ABSL_FLAG(int, metrics_port, 0,
+          "Prometheus /metrics port (0 disables); a listener that cannot start is logged "
+          "and training goes on without it");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0", "Address of the /metrics listener");
 ABSL_FLAG(std::string, config_hash, "0",
           "Server config hash to insist on, in hex as gnc-server prints it (0 = not pinned)");
@@ -273,14 +275,19 @@ int Run(const WorkerConfig& config) {
   std::unique_ptr<prometheus::Exposer> exposer;
   if (const int port = absl::GetFlag(FLAGS_metrics_port); port > 0) {
     const std::string where = absl::StrCat(absl::GetFlag(FLAGS_metrics_address), ":", port);
+    // A worker that exits stalls every other worker of the job (until the straggler
+    // timeout, and for good without a quorum), so a metrics listener that cannot
+    // start is reported and training goes on without it.
     try {
       exposer = std::make_unique<prometheus::Exposer>(where);
     } catch (const std::exception& e) {
-      LogError("gnc-worker: cannot serve metrics on ", where, ": ", e.what());
-      return 1;
+      LogError("gnc-worker: cannot serve metrics on ", where, ": ", e.what(),
+               "; training continues without /metrics");
     }
-    exposer->RegisterCollectable(registry);
-    LogInfo("metrics on http://", where, "/metrics");
+    if (exposer != nullptr) {
+      exposer->RegisterCollectable(registry);
+      LogInfo("metrics on http://", where, "/metrics");
+    }
   }
 
   absl::StatusOr<ModelLayout> layout = MlpLayout(config.shape);

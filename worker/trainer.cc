@@ -134,6 +134,12 @@ absl::StatusOr<TrainSummary> Trainer::Run(GncClient& client) {
   if (options_.evaluate && test_ == nullptr) {
     return absl::InvalidArgumentError("evaluating worker without a test set");
   }
+  if (train_->count < plan_.slice_size || train_->dim != shape_.widths[0] ||
+      static_cast<int64_t>(train_->images.size()) != train_->count * train_->dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "training slice holds ", train_->count, " examples of ", train_->dim, " features, the plan ",
+        plan_.slice_size, " of ", shape_.widths[0]));
+  }
   const int64_t n = shape_.NumParameters();
   const int64_t dim = shape_.widths[0];
   {

@@ -58,7 +58,7 @@ for f in /usr/include/grpcpp/grpcpp.h /usr/include/prometheus/exposer.h /usr/inc
   "$data_dir/t10k-labels-idx1-ubyte.gz"; do
   [[ -e $f ]] || need_install=1
 done
-ls /usr/include/*/cblas.h /usr/include/cblas.h >/dev/null 2>&1 || need_install=1
+compgen -G "/usr/include/*/cblas.h" >/dev/null || [[ -e /usr/include/cblas.h ]] || need_install=1
 if [[ -n $need_install ]]; then
   echo "[demo] installing missing dependencies"
   "$root/deploy/local/install-deps.sh"

@@ -32,7 +32,9 @@
 #   --device D              [DEVICE=auto]   for shards and workers: auto | cpu | cuda
 #   --server_metrics_port P [SERVER_METRICS_PORT=9400] shard s serves /metrics on P+s (0: off)
 #   --worker_metrics_port P [WORKER_METRICS_PORT=9500] worker k serves /metrics on P+k (0: off)
-#                           (deploy/prometheus/prometheus.yml scrapes these defaults)
+#                           (deploy/prometheus/prometheus.yml scrapes these defaults); a
+#                           port already in use is skipped: the next free one is taken
+#                           and the addresses are printed
 #   --build_dir DIR         [BUILD_DIR=build] finds server/gnc-server, worker/gnc-worker;
 #                           GNC_SERVER_BIN / GNC_WORKER_BIN override the binaries
 #   --run_dir DIR           [RUN_DIR=] port and pid files (shard-S.port, shard-S.pid,
@@ -240,13 +242,29 @@ describe_status() {
   if ((st > 128)); then echo "status $st (signal $((st - 128)))"; else echo "status $st"; fi
 }
 
+# next_free_port P: P or the first port above it that nothing listens on (sets port).
+next_free_port() {
+  port=$1
+  while (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+}
+server_metrics=()
+worker_metrics=()
+if ((server_metrics_port > 0)); then
+  port=$((server_metrics_port - 1))
+  for ((s = 0; s < shards; s++)); do next_free_port $((port + 1)); server_metrics+=("$port"); done
+fi
+if ((worker_metrics_port > 0)); then
+  port=$((worker_metrics_port - 1))
+  for ((k = 0; k < workers; k++)); do next_free_port $((port + 1)); worker_metrics+=("$port"); done
+fi
+
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 log "job: $shards shard(s), $workers worker(s), mode $mode, batch $batch_size per worker," \
   "$total_steps steps ($steps_per_epoch per epoch), lr $lr, warm-up $warmup_steps, decay $lr_decay"
 
 for ((s = 0; s < shards; s++)); do
   extra=()
-  ((server_metrics_port > 0)) && extra+=(--metrics_port=$((server_metrics_port + s)))
+  ((server_metrics_port > 0)) && extra+=(--metrics_port="${server_metrics[s]}")
   rm -f "$run_dir/shard-$s.port"
   start "shard $s" "$server_bin" "${server_flags[@]}" --shard_index="$s" \
     --port_file="$run_dir/shard-$s.port" "${extra[@]}"
@@ -267,10 +285,13 @@ for ((s = 0; s < shards; s++)); do
   servers+="${servers:+,}127.0.0.1:$(<"$run_dir/shard-$s.port")"
 done
 log "shards listening on $servers"
+join_targets() { local IFS=,; echo "${*/#/127.0.0.1:}"; }
+((${#server_metrics[@]})) && log "shard metrics on $(join_targets "${server_metrics[@]}")"
+((${#worker_metrics[@]})) && log "worker metrics on $(join_targets "${worker_metrics[@]}")"
 
 for ((k = 0; k < workers; k++)); do
   extra=()
-  ((worker_metrics_port > 0)) && extra+=(--metrics_port=$((worker_metrics_port + k)))
+  ((worker_metrics_port > 0)) && extra+=(--metrics_port="${worker_metrics[k]}")
   start "worker $k" "$worker_bin" "${worker_flags[@]}" --servers="$servers" --rank="$k" "${extra[@]}"
   worker_pids+=("$started_pid")
 done
