@@ -17,7 +17,7 @@ interval="2s"
 rules_dir="${here}/rules"
 out=""
 
-usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -26,7 +26,7 @@ while [[ $# -gt 0 ]]; do
     --scrape-interval) interval="$2"; shift 2 ;;
     --rules-dir) rules_dir="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) usage ;;
+    -h|--help) usage 0 ;;
     *) echo "gen-config.sh: unknown argument $1" >&2; usage ;;
   esac
 done
