@@ -27,7 +27,8 @@ absl::StatusOr<ModelLayout> MlpLayout(const MlpShape& shape) {
   }
   std::vector<TensorSpec> tensors;
   for (size_t l = 0; l + 1 < shape.widths.size(); ++l) {
-    tensors.push_back({absl::StrCat("layer", l, ".weight"), {shape.widths[l + 1], shape.widths[l]}});
+    tensors.push_back(
+        {absl::StrCat("layer", l, ".weight"), {shape.widths[l + 1], shape.widths[l]}});
     tensors.push_back({absl::StrCat("layer", l, ".bias"), {shape.widths[l + 1]}});
   }
   return ModelLayout::Create(std::move(tensors));
@@ -60,8 +61,7 @@ std::vector<float> HeInitialParameters(const MlpShape& shape, uint64_t seed) {
 
 #if !defined(GNC_WITH_CUDA)
 absl::StatusOr<std::unique_ptr<ComputeBackend>> NewCudaComputeBackend() {
-  return absl::FailedPreconditionError(
-      "built without CUDA (GNC_WITH_CUDA=OFF)");
+  return absl::FailedPreconditionError("built without CUDA (GNC_WITH_CUDA=OFF)");
 }
 #endif
 

@@ -83,9 +83,9 @@ absl::StatusOr<Header> ReadHeader(gzFile f, const std::string& path, uint32_t ex
         h.magic, kIdxImagesMagic, kIdxLabelsMagic));
   }
   if (expected_magic != 0 && h.magic != expected_magic) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "%s: wrong magic %d: expected %d (%s)", path, h.magic, expected_magic,
-        expected_magic == kIdxImagesMagic ? "IDX images" : "IDX labels"));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: wrong magic %d: expected %d (%s)", path, h.magic, expected_magic,
+                        expected_magic == kIdxImagesMagic ? "IDX images" : "IDX labels"));
   }
   h.count = BigEndian32(b + 4);
   h.header_bytes = 8;

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/flags/flag.h"
 #include "absl/flags/commandlineflag.h"
+#include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
@@ -83,10 +83,9 @@ absl::Status CheckServers(const std::vector<std::string>& servers) {
   for (const std::string& s : servers) {
     const size_t colon = s.rfind(':');
     int port = 0;
-    if (colon == std::string::npos || colon == 0 ||
-        !absl::SimpleAtoi(s.substr(colon + 1), &port) || port < 1 || port > 65535) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--servers entry '", s, "' is not host:port"));
+    if (colon == std::string::npos || colon == 0 || !absl::SimpleAtoi(s.substr(colon + 1), &port) ||
+        port < 1 || port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat("--servers entry '", s, "' is not host:port"));
     }
   }
   return absl::OkStatus();
@@ -232,8 +231,8 @@ int Run(const WorkerConfig& config) {
     LogError("invalid configuration: ", plan.status().message());
     return 2;
   }
-  absl::StatusOr<Dataset> train = LoadIdxDataset(train_paths.images, train_paths.labels,
-                                                 {plan->slice_begin, plan->slice_size});
+  absl::StatusOr<Dataset> train =
+      LoadIdxDataset(train_paths.images, train_paths.labels, {plan->slice_begin, plan->slice_size});
   if (!train.ok()) {
     LogError("gnc-worker: training data: ", train.status().message());
     return 1;
@@ -266,8 +265,8 @@ int Run(const WorkerConfig& config) {
     }
   }
   LogInfo("worker ", t.rank, "/", t.num_workers, ": training examples [", plan->slice_begin, ", ",
-          plan->slice_begin + plan->slice_size, "), ", plan->steps_per_epoch,
-          " steps per epoch, ", plan->total_steps, " steps, batch ", t.batch_size,
+          plan->slice_begin + plan->slice_size, "), ", plan->steps_per_epoch, " steps per epoch, ",
+          plan->total_steps, " steps, batch ", t.batch_size,
           t.evaluate ? absl::StrCat(", evaluating on ", test.count, " test images") : "");
 
   auto registry = std::make_shared<prometheus::Registry>();
@@ -354,15 +353,14 @@ int main(int argc, char** argv) {
       gnc::LogError("invalid configuration: ", plan.status().message());
       return 2;
     }
-    std::printf("config ok: worker %d/%d, %zu shard(s), batch %lld, %lld steps "
-                "(%lld per epoch, assuming %lld training images), evaluate=%s\n",
-                config->trainer.rank, config->trainer.num_workers, config->servers.size(),
-                static_cast<long long>(config->trainer.batch_size),
-                static_cast<long long>(plan->total_steps),
-                static_cast<long long>(plan->steps_per_epoch),
-                static_cast<long long>(limit > 0 ? std::min(limit, gnc::kTrainImages)
-                                                 : gnc::kTrainImages),
-                config->trainer.evaluate ? "true" : "false");
+    std::printf(
+        "config ok: worker %d/%d, %zu shard(s), batch %lld, %lld steps "
+        "(%lld per epoch, assuming %lld training images), evaluate=%s\n",
+        config->trainer.rank, config->trainer.num_workers, config->servers.size(),
+        static_cast<long long>(config->trainer.batch_size),
+        static_cast<long long>(plan->total_steps), static_cast<long long>(plan->steps_per_epoch),
+        static_cast<long long>(limit > 0 ? std::min(limit, gnc::kTrainImages) : gnc::kTrainImages),
+        config->trainer.evaluate ? "true" : "false");
     return 0;
   }
   return gnc::Run(*config);

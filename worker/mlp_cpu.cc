@@ -30,15 +30,13 @@ absl::Status CheckShape(const MlpShape& shape, std::span<const float> params,
     if (w < 1) return absl::InvalidArgumentError(absl::StrCat("MLP width ", w, " < 1"));
   }
   if (static_cast<int64_t>(params.size()) != shape.NumParameters()) {
-    return absl::InvalidArgumentError(absl::StrCat("params has ", params.size(),
-                                                   " elements, the MLP has ",
-                                                   shape.NumParameters()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "params has ", params.size(), " elements, the MLP has ", shape.NumParameters()));
   }
   const int64_t batch = static_cast<int64_t>(labels.size());
   if (static_cast<int64_t>(inputs.size()) != batch * shape.widths[0]) {
-    return absl::InvalidArgumentError(absl::StrCat("inputs has ", inputs.size(),
-                                                   " elements, expected ", batch, " x ",
-                                                   shape.widths[0]));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "inputs has ", inputs.size(), " elements, expected ", batch, " x ", shape.widths[0]));
   }
   const int64_t classes = shape.widths.back();
   for (int32_t y : labels) {
@@ -178,8 +176,8 @@ class CpuComputeBackend final : public ComputeBackend {
       for (int64_t i = 0; i < batch; ++i) std::copy(b, b + out, a_out.data() + i * out);
       // a_out = a_in W^T + b: [batch, out].
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(batch),
-                  static_cast<int>(out), static_cast<int>(in), 1.0f, a_in, static_cast<int>(in),
-                  w, static_cast<int>(in), 1.0f, a_out.data(), static_cast<int>(out));
+                  static_cast<int>(out), static_cast<int>(in), 1.0f, a_in, static_cast<int>(in), w,
+                  static_cast<int>(in), 1.0f, a_out.data(), static_cast<int>(out));
       if (l + 1 < L) {
         for (float& v : a_out) v = v > 0.0f ? v : 0.0f;
       }

@@ -42,8 +42,8 @@ absl::StatusOr<TrainPlan> PlanTraining(const TrainerOptions& options, int64_t tr
         absl::StrCat("num_workers must be >= 1, got ", options.num_workers));
   }
   if (options.rank < 0 || options.rank >= options.num_workers) {
-    return absl::InvalidArgumentError(absl::StrCat("rank must be in [0, ", options.num_workers,
-                                                   "), got ", options.rank));
+    return absl::InvalidArgumentError(
+        absl::StrCat("rank must be in [0, ", options.num_workers, "), got ", options.rank));
   }
   if (options.batch_size < 1) {
     return absl::InvalidArgumentError(
@@ -60,13 +60,12 @@ absl::StatusOr<TrainPlan> PlanTraining(const TrainerOptions& options, int64_t tr
   plan.slice_begin = options.rank * plan.slice_size;
   plan.steps_per_epoch = plan.slice_size / options.batch_size;
   if (plan.steps_per_epoch < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "batch_size ", options.batch_size, " exceeds the ", plan.slice_size,
-        " training examples of each worker (", train_count, " split over ", options.num_workers,
-        " workers)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch_size ", options.batch_size, " exceeds the ", plan.slice_size,
+                     " training examples of each worker (", train_count, " split over ",
+                     options.num_workers, " workers)"));
   }
-  plan.total_steps =
-      options.steps > 0 ? options.steps : options.epochs * plan.steps_per_epoch;
+  plan.total_steps = options.steps > 0 ? options.steps : options.epochs * plan.steps_per_epoch;
   return plan;
 }
 
@@ -75,8 +74,8 @@ absl::StatusOr<TestResult> TestParameters(ComputeBackend& backend, const MlpShap
   if (data.count < 1) return absl::InvalidArgumentError("empty test set");
   double loss_sum = 0;
   int64_t correct = 0;
-  if (absl::Status s = backend.Evaluate(shape, params, data.images, data.labels, &loss_sum,
-                                        &correct);
+  if (absl::Status s =
+          backend.Evaluate(shape, params, data.images, data.labels, &loss_sum, &correct);
       !s.ok()) {
     return s;
   }
@@ -127,18 +126,18 @@ absl::StatusOr<TrainSummary> Trainer::Run(GncClient& client) {
   if (const int64_t theirs = client.job().total_steps; theirs > 0 && theirs != total) {
     return absl::FailedPreconditionError(absl::StrCat(
         "the servers run ", theirs, " steps (--total_steps), this worker ", total,
-        options_.steps > 0 ? " (--steps)"
-                           : absl::StrCat(" (", options_.epochs, " epochs x ", spe,
-                                          " steps per epoch)")));
+        options_.steps > 0
+            ? " (--steps)"
+            : absl::StrCat(" (", options_.epochs, " epochs x ", spe, " steps per epoch)")));
   }
   if (options_.evaluate && test_ == nullptr) {
     return absl::InvalidArgumentError("evaluating worker without a test set");
   }
   if (train_->count < plan_.slice_size || train_->dim != shape_.widths[0] ||
       static_cast<int64_t>(train_->images.size()) != train_->count * train_->dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "training slice holds ", train_->count, " examples of ", train_->dim, " features, the plan ",
-        plan_.slice_size, " of ", shape_.widths[0]));
+    return absl::InvalidArgumentError(
+        absl::StrCat("training slice holds ", train_->count, " examples of ", train_->dim,
+                     " features, the plan ", plan_.slice_size, " of ", shape_.widths[0]));
   }
   const int64_t n = shape_.NumParameters();
   const int64_t dim = shape_.widths[0];

@@ -44,9 +44,9 @@ struct TrainerOptions {
   int num_workers = 1;
   int64_t batch_size = 64;  // samples per worker per step
   int64_t epochs = 1;
-  int64_t steps = 0;        // > 0: total steps, overriding epochs
-  uint64_t seed = 1;        // w0 and the per-epoch shuffles
-  bool evaluate = false;    // this worker tests w at epoch boundaries and at the end
+  int64_t steps = 0;      // > 0: total steps, overriding epochs
+  uint64_t seed = 1;      // w0 and the per-epoch shuffles
+  bool evaluate = false;  // this worker tests w at epoch boundaries and at the end
   absl::Duration progress_interval = absl::Seconds(5);
 };
 
@@ -65,14 +65,14 @@ absl::StatusOr<TrainPlan> PlanTraining(const TrainerOptions& options, int64_t tr
 
 // TrainSummary: what a finished Run did.
 struct TrainSummary {
-  int64_t final_step = 0;       // the job's step when this worker stopped
-  int64_t pushed_steps = 0;     // gradients accepted
-  int64_t late_steps = 0;       // gradients refused as late
-  double seconds = 0;           // training time, after the parameters were offered
-  double last_loss = 0;         // mean training loss over the last progress interval
+  int64_t final_step = 0;    // the job's step when this worker stopped
+  int64_t pushed_steps = 0;  // gradients accepted
+  int64_t late_steps = 0;    // gradients refused as late
+  double seconds = 0;        // training time, after the parameters were offered
+  double last_loss = 0;      // mean training loss over the last progress interval
   bool evaluated = false;
-  double test_accuracy = 0;     // valid iff evaluated
-  double test_loss = 0;         // mean cross-entropy, valid iff evaluated
+  double test_accuracy = 0;  // valid iff evaluated
+  double test_loss = 0;      // mean cross-entropy, valid iff evaluated
 };
 
 // TestResult: accuracy and mean loss of parameters on a data set.
@@ -116,7 +116,7 @@ class Trainer {
 
   std::vector<int64_t> order_;  // this epoch's permutation of the slice
   int64_t shuffled_epoch_ = -1;
-  std::vector<float> w_;        // scratch for evaluations
+  std::vector<float> w_;  // scratch for evaluations
 };
 
 }  // namespace gnc

@@ -17,8 +17,9 @@ prometheus::Histogram::BucketBoundaries PhaseBuckets() {
 prometheus::Family<prometheus::Histogram>& PhaseFamily(prometheus::Registry& registry) {
   return prometheus::BuildHistogram()
       .Name("gnc_worker_step_duration_seconds")
-      .Help("Time a worker spends per step in each phase: receive (wait for and read x_k), "
-            "compute (forward and backward), push (send the gradient, wait for the verdict)")
+      .Help(
+          "Time a worker spends per step in each phase: receive (wait for and read x_k), "
+          "compute (forward and backward), push (send the gradient, wait for the verdict)")
       .Register(registry);
 }
 
@@ -30,8 +31,7 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, int rank, bool eval
                                  PhaseBuckets())),
       compute_(phase_family_.Add({{"worker", absl::StrCat(rank)}, {"phase", "compute"}},
                                  PhaseBuckets())),
-      push_(phase_family_.Add({{"worker", absl::StrCat(rank)}, {"phase", "push"}},
-                              PhaseBuckets())),
+      push_(phase_family_.Add({{"worker", absl::StrCat(rank)}, {"phase", "push"}}, PhaseBuckets())),
       samples_(prometheus::BuildCounter()
                    .Name("gnc_worker_samples_total")
                    .Help("Training samples whose gradient this worker pushed")
@@ -61,8 +61,9 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, int rank, bool eval
                           .Add({{"worker", absl::StrCat(rank)}});
     eval_loss_ = &prometheus::BuildGauge()
                       .Name("gnc_eval_loss")
-                      .Help("Mean test cross-entropy of the unperturbed parameters w, last "
-                            "evaluation")
+                      .Help(
+                          "Mean test cross-entropy of the unperturbed parameters w, last "
+                          "evaluation")
                       .Register(registry)
                       .Add({{"worker", absl::StrCat(rank)}});
     // NaN until the first evaluation, so that no dashboard shows a made-up 0.
@@ -86,7 +87,9 @@ void WorkerMetrics::ObservePhase(StepPhase phase, absl::Duration duration) {
   }
 }
 
-void WorkerMetrics::AddSamples(int64_t samples) { samples_.Increment(static_cast<double>(samples)); }
+void WorkerMetrics::AddSamples(int64_t samples) {
+  samples_.Increment(static_cast<double>(samples));
+}
 void WorkerMetrics::SetLoss(double loss) { loss_.Set(loss); }
 void WorkerMetrics::AddLate() { late_.Increment(); }
 void WorkerMetrics::SetStep(int64_t step) { step_.Set(static_cast<double>(step)); }

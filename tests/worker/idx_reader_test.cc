@@ -55,7 +55,8 @@ std::string WriteGz(const std::string& name, const Bytes& content) {
 std::string WriteRaw(const std::string& name, const Bytes& content) {
   const std::string path = Path(name);
   std::ofstream(path, std::ios::binary)
-      .write(reinterpret_cast<const char*>(content.data()), static_cast<std::streamsize>(content.size()));
+      .write(reinterpret_cast<const char*>(content.data()),
+             static_cast<std::streamsize>(content.size()));
   return path;
 }
 
@@ -65,11 +66,13 @@ Bytes ReadRaw(const std::string& path) {
 }
 
 // Three 2x3 images with pixel values 0, 10, 20, ... and labels 7, 0, 9.
-const Bytes kPixels = {0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 150, 160, 255};
+const Bytes kPixels = {0,  10,  20,  30,  40,  50,  60,  70,  80,
+                       90, 100, 110, 120, 130, 140, 150, 160, 255};
 const Bytes kLabels = {7, 0, 9};
 
 TEST(IdxReaderTest, ReadsImagesAsUnitFloatsAndLabelsAsInts) {
-  const std::string images = WriteGz("good-images.gz", ImagesFile(kIdxImagesMagic, 3, 2, 3, kPixels));
+  const std::string images =
+      WriteGz("good-images.gz", ImagesFile(kIdxImagesMagic, 3, 2, 3, kPixels));
   const std::string labels = WriteGz("good-labels.gz", LabelsFile(3, kLabels));
   absl::StatusOr<Dataset> d = LoadIdxDataset(images, labels, {});
   ASSERT_TRUE(d.ok()) << d.status();
@@ -85,7 +88,8 @@ TEST(IdxReaderTest, ReadsImagesAsUnitFloatsAndLabelsAsInts) {
 }
 
 TEST(IdxReaderTest, ReadsARange) {
-  const std::string images = WriteGz("range-images.gz", ImagesFile(kIdxImagesMagic, 3, 2, 3, kPixels));
+  const std::string images =
+      WriteGz("range-images.gz", ImagesFile(kIdxImagesMagic, 3, 2, 3, kPixels));
   const std::string labels = WriteGz("range-labels.gz", LabelsFile(3, kLabels));
   absl::StatusOr<Dataset> d = LoadIdxDataset(images, labels, {1, 2});
   ASSERT_TRUE(d.ok()) << d.status();

@@ -92,7 +92,8 @@ TEST(MlpCpuTest, GradientMatchesFiniteDifferencesOfTheReference) {
       plus[j] += h;
       minus[j] -= h;
       const double fd =
-          (RefLoss(pr.shape, plus, x, pr.labels) - RefLoss(pr.shape, minus, x, pr.labels)) / (2 * h);
+          (RefLoss(pr.shape, plus, x, pr.labels) - RefLoss(pr.shape, minus, x, pr.labels)) /
+          (2 * h);
       const double rel = std::abs(grad[j] - fd) / std::max(std::abs(grad[j]) + std::abs(fd), 1e-4);
       EXPECT_LT(rel, 1e-3) << "seed " << seed << " parameter " << j << ": backend " << grad[j]
                            << ", finite difference " << fd;
@@ -122,7 +123,8 @@ TEST(MlpCpuTest, EvaluateCountsArgmaxAndSumsLoss) {
   Problem pr = TinyProblem(/*batch=*/2500, 11);
   double loss_sum = 0;
   int64_t correct = 0;
-  ASSERT_TRUE(backend->Evaluate(pr.shape, pr.params, pr.inputs, pr.labels, &loss_sum, &correct).ok());
+  ASSERT_TRUE(
+      backend->Evaluate(pr.shape, pr.params, pr.inputs, pr.labels, &loss_sum, &correct).ok());
   const auto logits = RefLogits(pr.shape, ToDouble(pr.params), ToDouble(pr.inputs), 2500);
   double ref_loss = 0;
   int64_t ref_correct = 0;
@@ -142,20 +144,18 @@ TEST(MlpCpuTest, RejectsBadInput) {
   Problem pr = TinyProblem(/*batch=*/3, 5);
   std::vector<float> grad(pr.params.size());
   std::vector<int32_t> bad_labels = {0, 3, 1};  // 3 classes: 3 is out of range
-  EXPECT_EQ(backend->LossAndGradient(pr.shape, pr.params, pr.inputs, bad_labels, grad)
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      backend->LossAndGradient(pr.shape, pr.params, pr.inputs, bad_labels, grad).status().code(),
+      absl::StatusCode::kInvalidArgument);
   std::vector<float> short_grad(pr.params.size() - 1);
   EXPECT_EQ(backend->LossAndGradient(pr.shape, pr.params, pr.inputs, pr.labels, short_grad)
                 .status()
                 .code(),
             absl::StatusCode::kInvalidArgument);
   std::vector<float> short_inputs(pr.inputs.begin(), pr.inputs.end() - 1);
-  EXPECT_EQ(backend->LossAndGradient(pr.shape, pr.params, short_inputs, pr.labels, grad)
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      backend->LossAndGradient(pr.shape, pr.params, short_inputs, pr.labels, grad).status().code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 TEST(MlpShapeTest, CountsAndLayout) {

@@ -105,7 +105,8 @@ Dataset Clusters(int64_t count, int64_t dim, int classes, uint64_t seed) {
   d.dim = dim;
   for (int64_t i = 0; i < count; ++i) {
     const int32_t y = static_cast<int32_t>(i % classes);
-    for (int64_t k = 0; k < dim; ++k) d.images.push_back((k % classes == y ? 1.0f : 0.0f) + noise(rng));
+    for (int64_t k = 0; k < dim; ++k)
+      d.images.push_back((k % classes == y ? 1.0f : 0.0f) + noise(rng));
     d.labels.push_back(y);
   }
   return d;
