@@ -119,6 +119,8 @@ absl::Status RunServer(const ShardOptions& options) {
   metrics_options.device = device_name;
   metrics_options.noise_ema = absl::GetFlag(FLAGS_noise_ema);
   metrics_options.per_worker_noise = absl::GetFlag(FLAGS_per_worker_noise_metrics);
+  metrics_options.num_workers = options.num_workers;
+  metrics_options.min_workers = options.EffectiveMinWorkers();
   ShardMetrics metrics(*registry, metrics_options);
   std::unique_ptr<prometheus::Exposer> exposer;
   if (const int mport = absl::GetFlag(FLAGS_metrics_port); mport > 0) {

@@ -1,5 +1,6 @@
 #include "server/metrics.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -67,6 +68,12 @@ ShardMetrics::ShardMetrics(prometheus::Registry& registry, const ShardMetricsOpt
                             .Help("Workers that have left the job")
                             .Register(registry)
                             .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      quorum_workers_(BuildGauge()
+                          .Name("gnc_quorum_workers")
+                          .Help("Live workers a step needs now: min(min_workers, K - finished), "
+                                "at least 1; 0 once every worker has left")
+                          .Register(registry)
+                          .Add({{"shard", absl::StrCat(options.shard_index)}})),
       late_(BuildCounter()
                 .Name("gnc_late_gradients_total")
                 .Help("Gradients refused because their step had completed")
@@ -133,6 +140,13 @@ ShardMetrics::ShardMetrics(prometheus::Registry& registry, const ShardMetricsOpt
              .Help("||g_k - g_mean||^2 of worker k on this shard, at its last merged step")
              .Register(registry);
   }
+  BuildGauge()
+      .Name("gnc_job_workers")
+      .Help("Workers in the job (K)")
+      .Register(registry)
+      .Add({{"shard", absl::StrCat(options.shard_index)}})
+      .Set(options.num_workers);
+  OnMembership(0, 0);
   for (const char* reason :
        {"non_finite", "bad_chunk", "bad_size", "future_step", "duplicate", "unknown_worker"}) {
     rejected_family_.Add({{"shard", absl::StrCat(options.shard_index)}, {"reason", reason}});
@@ -183,6 +197,8 @@ void ShardMetrics::OnLate() { late_.Increment(); }
 void ShardMetrics::OnMembership(int connected, int finished) {
   active_workers_.Set(connected);
   finished_workers_.Set(finished);
+  const int left = options_.num_workers - finished;
+  quorum_workers_.Set(left <= 0 ? 0 : std::max(1, std::min(options_.min_workers, left)));
 }
 
 void ShardMetrics::OnGradientBytes(int64_t bytes) {

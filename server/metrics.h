@@ -27,6 +27,8 @@ struct ShardMetricsOptions {
   // Export gnc_worker_noise_sqnorm{shard,worker} = ||g_k - g_mean||^2 on this shard,
   // one series per worker (K series per shard, so off by default).
   bool per_worker_noise = false;
+  int num_workers = 1;  // K
+  int min_workers = 1;  // effective quorum setting (K when no quorum)
 };
 
 class ShardMetrics final : public ShardObserver {
@@ -51,6 +53,7 @@ class ShardMetrics final : public ShardObserver {
   prometheus::Counter& sent_bytes_;
   prometheus::Gauge& active_workers_;
   prometheus::Gauge& finished_workers_;
+  prometheus::Gauge& quorum_workers_;
   prometheus::Counter& late_;
   prometheus::Gauge& grad_sqnorm_estimate_;
   prometheus::Gauge& noise_trace_estimate_;
