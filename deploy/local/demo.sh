@@ -14,6 +14,9 @@
 # Metrics: shards on 127.0.0.1:9400+s, workers on 127.0.0.1:9500+k (see
 # deploy/prometheus/run-local.sh); --server_metrics_port 0 --worker_metrics_port 0
 # turn them off.
+# --prometheus[=PORT] (default 9090): also run Prometheus beside the job on
+# 127.0.0.1:PORT with gnc's recording and alert rules and per-worker noise metrics;
+# after training it keeps the run's data there until Ctrl-C.
 # Exit status: 0 when every process succeeded and the final accuracy was printed.
 set -euo pipefail
 
@@ -28,9 +31,12 @@ warmup_steps=${WARMUP_STEPS:-}
 build_dir=${BUILD_DIR:-$root/build}
 data_dir=${DATA_DIR:-/usr/share/datasets/fashion-mnist}
 passthrough=()
+prometheus=""
 
 while (($#)); do
   case $1 in
+    --prometheus) prometheus=9090; shift ;;
+    --prometheus=*) prometheus=${1#*=}; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     --shards=* | --workers=* | --mode=* | --epochs=* | --batch_size=* | --lr=* | \
       --build_dir=* | --warmup_steps=* | --data_dir=*)
@@ -73,14 +79,21 @@ ninja -C "$build_dir" gnc-server gnc-worker
 [[ -n $warmup_steps ]] || warmup_steps=$((60000 / workers / batch_size))
 echo "[demo] $shards shards x $workers workers, mode $mode, $epochs epochs, batch $batch_size" \
   "per worker, peak lr $lr, warm-up $warmup_steps steps, cosine decay"
+if [[ -n $prometheus ]]; then
+  command -v prometheus >/dev/null || "$root/deploy/local/install-deps.sh" --tests
+  passthrough+=(--prometheus "$prometheus" --hold --server_arg=--per_worker_noise_metrics)
+fi
 log=$(mktemp "${TMPDIR:-/tmp}/gnc-demo.XXXXXX")
 trap 'rm -f "$log"' EXIT
 start=$SECONDS
 status=0
+# Ctrl-C reaches the launcher, which stops everything (or, holding Prometheus after a
+# finished job, ends the run successfully); this script then reports the outcome.
+trap ':' INT
 "$root/deploy/local/launch.sh" --build_dir "$build_dir" --data_dir "$data_dir" \
   --shards "$shards" --workers "$workers" --mode "$mode" --epochs "$epochs" \
   --batch_size "$batch_size" --lr "$lr" --warmup_steps "$warmup_steps" --lr_decay cosine \
-  --momentum 0.9 --weight_decay 5e-4 "${passthrough[@]}" 2>&1 | tee "$log" || status=$?
+  --momentum 0.9 --weight_decay 5e-4 "${passthrough[@]}" 2>&1 | tee -i "$log" || status=$?
 
 final=$(grep -o 'final test accuracy .*' "$log" | tail -n 1 || true)
 if ((status != 0)) || [[ -z $final ]]; then

@@ -40,6 +40,11 @@
 #   --run_dir DIR           [RUN_DIR=] port and pid files (shard-S.port, shard-S.pid,
 #                           worker-K.pid); default: a temporary folder, removed at exit
 #   --timeout SECONDS       [TIMEOUT=0]     stop everything and fail after this long (0: none)
+#   --prometheus PORT       [PROMETHEUS_PORT=0] also run Prometheus on 127.0.0.1:PORT,
+#                           scraping every shard and worker (deploy/prometheus/run-local.sh;
+#                           needs the metrics ports on), with gnc's rules loaded
+#   --hold                  after a successful job, keep Prometheus running (and print
+#                           where) until Ctrl-C, which then ends the run with status 0
 #   --keep_going            keep the job running when a worker fails (default: only
 #                           with --min_workers > 0, where the quorum can carry on)
 #   --server_arg FLAG       extra gnc-server flag (repeatable)
@@ -77,6 +82,10 @@ build_dir=${BUILD_DIR:-build}
 run_dir=${RUN_DIR:-}
 timeout=${TIMEOUT:-0}
 keep_going=""
+prometheus_port=${PROMETHEUS_PORT:-0}
+hold=""
+prometheus_pid=""
+holding=""
 server_extra=()
 worker_extra=()
 
@@ -85,6 +94,7 @@ while (($#)); do
   case $opt in
     -h | --help) usage; exit 0 ;;
     --keep_going) keep_going=1; shift; continue ;;
+    --hold) hold=1; shift; continue ;;
     --) shift; worker_extra+=("$@"); break ;;
   esac
   # Accept both "--flag value" and "--flag=value".
@@ -121,6 +131,7 @@ while (($#)); do
     --build_dir) build_dir=$val ;;
     --run_dir) run_dir=$val ;;
     --timeout) timeout=$val ;;
+    --prometheus) prometheus_port=$val ;;
     --server_arg) server_extra+=("$val") ;;
     --worker_arg) worker_extra+=("$val") ;;
     *) die_usage "unknown option $opt (see --help)" ;;
@@ -217,7 +228,7 @@ cleanup() {
   [[ -n $own_run_dir ]] && rm -rf "$run_dir"
 }
 trap cleanup EXIT
-trap 'log "interrupted: stopping everything"; exit 130' INT
+trap 'if [[ -n $holding ]]; then exit 0; fi; log "interrupted: stopping everything"; exit 130' INT
 trap 'log "terminated: stopping everything"; exit 143' TERM
 
 # start NAME CMD...: runs CMD in the background with its output prefixed by [NAME];
@@ -289,6 +300,17 @@ join_targets() { local IFS=,; echo "${*/#/127.0.0.1:}"; }
 ((${#server_metrics[@]})) && log "shard metrics on $(join_targets "${server_metrics[@]}")"
 ((${#worker_metrics[@]})) && log "worker metrics on $(join_targets "${worker_metrics[@]}")"
 
+if ((prometheus_port > 0)); then
+  ((${#server_metrics[@]})) || die_usage "--prometheus needs --server_metrics_port > 0"
+  prom_args=(--servers "$(join_targets "${server_metrics[@]}")" --port "$prometheus_port"
+    --dir "$run_dir/prometheus" --scrape-interval 1s)
+  ((${#worker_metrics[@]})) && prom_args+=(--workers "$(join_targets "${worker_metrics[@]}")")
+  start "prometheus" "$(dirname "${BASH_SOURCE[0]}")/../prometheus/run-local.sh" "${prom_args[@]}"
+  prometheus_pid=$started_pid
+  log "Prometheus on http://127.0.0.1:$prometheus_port/ (graph gnc:gradient_noise_scale," \
+    "gnc:step_rate, ...; dashboard: deploy/grafana/dashboards/gnc-dashboard.json)"
+fi
+
 for ((k = 0; k < workers; k++)); do
   extra=()
   ((worker_metrics_port > 0)) && extra+=(--metrics_port="${worker_metrics[k]}")
@@ -334,6 +356,9 @@ while ((workers_left > 0)); do
         exit 1
       fi
     fi
+  elif [[ $done_pid == "$prometheus_pid" ]]; then
+    log "prometheus exited with $(describe_status "$st"); the job goes on without it"
+    prometheus_pid=""
   elif ((st == 0)); then
     # A shard exits 0 once every worker has left; the last worker may not have been
     # reaped yet.
@@ -371,6 +396,11 @@ done
 elapsed=$((SECONDS - start_time))
 if ((failed_workers == 0 && failed_shards == 0)); then
   log "done: all $workers workers succeeded in ${elapsed}s"
+  if [[ -n $hold && -n $prometheus_pid ]]; then
+    holding=1
+    log "Prometheus keeps this run at http://127.0.0.1:$prometheus_port/ - press Ctrl-C to stop it"
+    wait "$prometheus_pid"
+  fi
   exit 0
 fi
 log "done in ${elapsed}s: $failed_workers of $workers workers failed, $failed_shards shard(s) failed"
