@@ -10,7 +10,7 @@
 #include <utility>
 
 #include "absl/status/statusor.h"
-#include "server/cuda/cuda_status.h"
+#include "common/cuda/cuda_status.h"
 
 namespace gnc::cuda {
 

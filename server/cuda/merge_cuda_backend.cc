@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/cuda/cuda_memory.h"
-#include "server/cuda/cuda_status.h"
+#include "common/cuda/cuda_status.h"
 #include "server/cuda/merge_kernels.h"
 #include "server/cuda/pinned_stager.h"
 #include "server/device.h"
@@ -287,17 +287,7 @@ absl::Status CudaMergeBackend::Merge(const MergeParams& p, const MergeInputs& in
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MergeBackend>> NewCudaMergeBackend() {
-  int count = 0;
-  const cudaError_t error = cudaGetDeviceCount(&count);
-  if (error != cudaSuccess) {
-    cudaGetLastError();
-    return absl::FailedPreconditionError(
-        absl::StrCat("no usable CUDA device: cudaGetDeviceCount failed with ",
-                     cudaGetErrorName(error), " (", cudaGetErrorString(error), ")"));
-  }
-  if (count == 0) {
-    return absl::FailedPreconditionError("no CUDA device: cudaGetDeviceCount returned 0");
-  }
+  if (absl::Status s = cuda::RequireCudaDevice(); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<MergeBackend>> backend = CudaMergeBackend::Create(0);
   if (!backend.ok()) {
     return absl::FailedPreconditionError(

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "worker/compute_backend.h"
+#include "common/cuda/cuda_status.h"
 #include "worker/cuda/cuda_check.h"
 #include "worker/cuda/mlp_kernels.h"
 
@@ -48,7 +49,7 @@ class DeviceBuffer {
     if (data_ != nullptr) cudaFree(data_);
     data_ = nullptr;
     bytes_ = 0;
-    GNC_WORKER_CUDA_CHECK(cudaMalloc(&data_, bytes));
+    GNC_CUDA_RETURN_IF_ERROR(cudaMalloc(&data_, bytes));
     bytes_ = bytes;
     return absl::OkStatus();
   }
@@ -149,11 +150,11 @@ class CudaComputeBackend final : public ComputeBackend {
 absl::StatusOr<std::unique_ptr<ComputeBackend>> CudaComputeBackend::Create(int device) {
   std::unique_ptr<CudaComputeBackend> b(new CudaComputeBackend());
   b->device_ = device;
-  GNC_WORKER_CUDA_CHECK(cudaSetDevice(device));
+  GNC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
   cudaDeviceProp prop;
-  GNC_WORKER_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  GNC_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
   b->name_ = absl::StrCat("cuda:", device, " (", prop.name, ")");
-  GNC_WORKER_CUDA_CHECK(cudaStreamCreateWithFlags(&b->stream_, cudaStreamNonBlocking));
+  GNC_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&b->stream_, cudaStreamNonBlocking));
   GNC_WORKER_CUBLAS_CHECK(cublasCreate(&b->handle_));
   GNC_WORKER_CUBLAS_CHECK(cublasSetStream(b->handle_, b->stream_));
   // The default math mode keeps SGEMM in float32 (TF32 needs CUBLAS_TF32_TENSOR_OP_MATH).
@@ -175,7 +176,7 @@ absl::Status CudaComputeBackend::Gemm(bool trans_a, bool trans_b, int64_t m, int
 absl::Status CudaComputeBackend::Upload(const MlpShape& shape, std::span<const float> params,
                                         std::span<const float> inputs,
                                         std::span<const int32_t> labels, int64_t max_batch) {
-  GNC_WORKER_CUDA_CHECK(cudaSetDevice(device_));
+  GNC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   const size_t layers = shape.widths.size() - 1;
   offsets_.clear();
   int64_t at = 0;
@@ -200,11 +201,11 @@ absl::Status CudaComputeBackend::Upload(const MlpShape& shape, std::span<const f
     GNC_RETURN_IF_ERROR(act_[l]->Reserve(max_batch * shape.widths[l] * sizeof(float)));
   }
   if (labels.empty()) return absl::OkStatus();
-  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(params_.as<float>(), params.data(), params.size_bytes(),
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(params_.as<float>(), params.data(), params.size_bytes(),
                                         cudaMemcpyHostToDevice, stream_));
-  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(inputs_.as<float>(), inputs.data(), inputs.size_bytes(),
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(inputs_.as<float>(), inputs.data(), inputs.size_bytes(),
                                         cudaMemcpyHostToDevice, stream_));
-  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(labels_.as<int32_t>(), labels.data(), labels.size_bytes(),
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(labels_.as<int32_t>(), labels.data(), labels.size_bytes(),
                                         cudaMemcpyHostToDevice, stream_));
   return absl::OkStatus();
 }
@@ -219,7 +220,7 @@ absl::Status CudaComputeBackend::Forward(const MlpShape& shape, const float* x, 
     float* a_out = act_[l + 1]->as<float>();
     // a_out = a_in W^T: [batch, out].
     GNC_RETURN_IF_ERROR(Gemm(false, true, batch, out, in, a_in, in, w, in, a_out, out));
-    GNC_WORKER_CUDA_CHECK(
+    GNC_CUDA_RETURN_IF_ERROR(
         cuda::LaunchBiasActivation(a_out, bias, batch, out, l + 1 < layers, stream_));
   }
   return absl::OkStatus();
@@ -229,14 +230,14 @@ absl::Status CudaComputeBackend::Loss(const MlpShape& shape, const int32_t* labe
                                       float* delta) {
   const int64_t classes = shape.widths.back();
   const float* logits = act_[shape.widths.size() - 1]->as<float>();
-  GNC_WORKER_CUDA_CHECK(cuda::LaunchSoftmaxCrossEntropy(
+  GNC_CUDA_RETURN_IF_ERROR(cuda::LaunchSoftmaxCrossEntropy(
       logits, labels, batch, classes, 1.0f / static_cast<float>(batch), delta,
       row_loss_.as<double>(), row_correct_.as<int32_t>(), stream_));
   row_loss_host_.resize(batch);
   row_correct_host_.resize(batch);
-  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(row_loss_host_.data(), row_loss_.as<double>(),
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(row_loss_host_.data(), row_loss_.as<double>(),
                                         batch * sizeof(double), cudaMemcpyDeviceToHost, stream_));
-  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(row_correct_host_.data(), row_correct_.as<int32_t>(),
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(row_correct_host_.data(), row_correct_.as<int32_t>(),
                                         batch * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   return absl::OkStatus();
 }
@@ -268,17 +269,17 @@ absl::StatusOr<double> CudaComputeBackend::LossAndGradient(const MlpShape& shape
     float* db = dw + out * in;
     // dW = delta^T a_in: [out, in]; db = column sums of delta.
     GNC_RETURN_IF_ERROR(Gemm(true, false, out, in, batch, delta, out, a_in, in, dw, in));
-    GNC_WORKER_CUDA_CHECK(cuda::LaunchColumnSums(delta, batch, out, db, stream_));
+    GNC_CUDA_RETURN_IF_ERROR(cuda::LaunchColumnSums(delta, batch, out, db, stream_));
     if (l == 0) break;
     // delta_prev = (delta W) * relu'(a_in): [batch, in].
     const float* w = params_.as<float>() + offsets_[l];
     GNC_RETURN_IF_ERROR(Gemm(false, false, batch, in, out, delta, out, w, in, delta_prev, in));
-    GNC_WORKER_CUDA_CHECK(cuda::LaunchReluBackward(delta_prev, a_in, batch * in, stream_));
+    GNC_CUDA_RETURN_IF_ERROR(cuda::LaunchReluBackward(delta_prev, a_in, batch * in, stream_));
     std::swap(delta, delta_prev);
   }
-  GNC_WORKER_CUDA_CHECK(cudaMemcpyAsync(grad.data(), grad_.as<float>(), grad.size_bytes(),
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(grad.data(), grad_.as<float>(), grad.size_bytes(),
                                         cudaMemcpyDeviceToHost, stream_));
-  GNC_WORKER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  GNC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   double loss = 0;
   for (double x : row_loss_host_) loss += x;
   return loss / static_cast<double>(batch);
@@ -297,7 +298,7 @@ absl::Status CudaComputeBackend::Evaluate(const MlpShape& shape, std::span<const
     const int64_t batch = std::min(kEvalChunk, total - begin);
     GNC_RETURN_IF_ERROR(Forward(shape, inputs_.as<float>() + begin * shape.widths[0], batch));
     GNC_RETURN_IF_ERROR(Loss(shape, labels_.as<int32_t>() + begin, batch, nullptr));
-    GNC_WORKER_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    GNC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
     for (int64_t i = 0; i < batch; ++i) {
       loss += row_loss_host_[i];
       right += row_correct_host_[i];
@@ -311,17 +312,7 @@ absl::Status CudaComputeBackend::Evaluate(const MlpShape& shape, std::span<const
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ComputeBackend>> NewCudaComputeBackend() {
-  int count = 0;
-  const cudaError_t error = cudaGetDeviceCount(&count);
-  if (error != cudaSuccess) {
-    cudaGetLastError();
-    return absl::FailedPreconditionError(
-        absl::StrCat("no usable CUDA device: cudaGetDeviceCount failed with ",
-                     cudaGetErrorName(error), " (", cudaGetErrorString(error), ")"));
-  }
-  if (count == 0) {
-    return absl::FailedPreconditionError("no CUDA device: cudaGetDeviceCount returned 0");
-  }
+  if (absl::Status s = cuda::RequireCudaDevice(); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<ComputeBackend>> backend = CudaComputeBackend::Create(0);
   if (!backend.ok()) {
     return absl::FailedPreconditionError(

@@ -4,13 +4,6 @@
 
 namespace gnc::cuda {
 
-absl::Status CudaError(cudaError_t error, const char* call, const char* file, int line) {
-  cudaGetLastError();  // clear a non-sticky error so the next call starts clean
-  return absl::InternalError(absl::StrCat(file, ":", line, ": ", call, ": ",
-                                          cudaGetErrorName(error), " (", cudaGetErrorString(error),
-                                          ")"));
-}
-
 absl::Status CublasError(cublasStatus_t status, const char* call, const char* file, int line) {
   return absl::InternalError(absl::StrCat(file, ":", line, ": ", call, ": ",
                                           cublasGetStatusName(status), " (",

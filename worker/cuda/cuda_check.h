@@ -10,19 +10,10 @@
 
 namespace gnc::cuda {
 
-// CudaError, CublasError: INTERNAL "<file>:<line>: <call>: <name> (<text>)".
-absl::Status CudaError(cudaError_t error, const char* call, const char* file, int line);
+// CublasError: INTERNAL "<file>:<line>: <call>: <name> (<text>)", like CudaStatus.
 absl::Status CublasError(cublasStatus_t status, const char* call, const char* file, int line);
 
 }  // namespace gnc::cuda
-
-#define GNC_WORKER_CUDA_CHECK(expr)                                         \
-  do {                                                                      \
-    const cudaError_t gnc_error_ = (expr);                                  \
-    if (gnc_error_ != cudaSuccess) {                                        \
-      return ::gnc::cuda::CudaError(gnc_error_, #expr, __FILE__, __LINE__); \
-    }                                                                       \
-  } while (false)
 
 #define GNC_WORKER_CUBLAS_CHECK(expr)                                          \
   do {                                                                         \

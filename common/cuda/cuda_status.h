@@ -1,8 +1,8 @@
 // CUDA runtime errors as absl::Status, with the failing call and where it was made.
 // A library never exits on a device error: it reports and lets the caller decide
 // (the shard core keeps the job alive; --device=auto falls back to the CPU).
-#ifndef GNC_SERVER_CUDA_CUDA_STATUS_H_
-#define GNC_SERVER_CUDA_CUDA_STATUS_H_
+#ifndef GNC_COMMON_CUDA_CUDA_STATUS_H_
+#define GNC_COMMON_CUDA_CUDA_STATUS_H_
 
 #include <cuda_runtime_api.h>
 
@@ -13,6 +13,11 @@ namespace gnc::cuda {
 // CudaStatus: OK for cudaSuccess, else INTERNAL "<file>:<line>: <call>: <name> (<text>)".
 // Reading the error also clears the runtime's last (non-sticky) error.
 absl::Status CudaStatus(cudaError_t error, const char* call, const char* file, int line);
+
+// RequireCudaDevice: OK when the runtime sees at least one device; otherwise
+// FAILED_PRECONDITION saying why (no driver, driver too old, no device), which is what
+// --device=auto logs before it falls back to the CPU.
+absl::Status RequireCudaDevice();
 
 }  // namespace gnc::cuda
 
@@ -26,4 +31,4 @@ absl::Status CudaStatus(cudaError_t error, const char* call, const char* file, i
     }                                                                             \
   } while (false)
 
-#endif  // GNC_SERVER_CUDA_CUDA_STATUS_H_
+#endif  // GNC_COMMON_CUDA_CUDA_STATUS_H_
