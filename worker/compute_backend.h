@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/layout.h"
 
 namespace gnc {
 
@@ -25,6 +26,14 @@ struct MlpShape {
   std::vector<int64_t> widths;
   int64_t NumParameters() const;
 };
+
+// MlpLayout: the ModelLayout the servers see for `shape`: tensors "layer<l>.weight"
+// [out, in] and "layer<l>.bias" [out], in MlpShape's flat order.
+absl::StatusOr<ModelLayout> MlpLayout(const MlpShape& shape);
+
+// HeInitialParameters: W_l ~ N(0, 2 / fan_in), b_l = 0, drawn from `seed` only, so
+// every rank (and every platform) builds the same w0 for the same seed.
+std::vector<float> HeInitialParameters(const MlpShape& shape, uint64_t seed);
 
 // ComputeBackend: forward and backward of a ReLU MLP with softmax cross-entropy.
 class ComputeBackend {

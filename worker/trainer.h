@@ -30,14 +30,6 @@ namespace gnc {
 
 class WorkerMetrics;
 
-// MlpLayout: the ModelLayout the servers see for `shape`: tensors "layer<l>.weight"
-// [out, in] and "layer<l>.bias" [out], in MlpShape's flat order.
-absl::StatusOr<ModelLayout> MlpLayout(const MlpShape& shape);
-
-// HeInitialParameters: W_l ~ N(0, 2 / fan_in), b_l = 0, drawn from `seed` only, so
-// every rank (and every platform) builds the same w0 for the same seed.
-std::vector<float> HeInitialParameters(const MlpShape& shape, uint64_t seed);
-
 // TrainerOptions: one worker's view of the job. Defaults match gnc-worker's flags.
 struct TrainerOptions {
   int rank = 0;
