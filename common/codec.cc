@@ -89,6 +89,21 @@ absl::Status DecodeChunk(const v1::Chunk& chunk, std::span<float> dst) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::span<const float>> ChunkValues(const v1::Chunk& chunk,
+                                                   std::vector<float>* scratch) {
+  absl::StatusOr<int64_t> count = ChunkElementCount(chunk);
+  if (!count.ok()) return count.status();
+  const std::string& data = chunk.data();
+  if (chunk.dtype() != v1::BFLOAT16 &&
+      reinterpret_cast<uintptr_t>(data.data()) % alignof(float) == 0) {
+    return std::span<const float>(reinterpret_cast<const float*>(data.data()), *count);
+  }
+  scratch->resize(*count);
+  absl::Status s = DecodeChunk(chunk, std::span<float>(*scratch));
+  if (!s.ok()) return s;
+  return std::span<const float>(*scratch);
+}
+
 int64_t FindNonFinite(std::span<const float> v) {
   // Branch-free scan in blocks so the common all-finite case vectorises.
   constexpr size_t kBlock = 1024;

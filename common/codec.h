@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -34,6 +35,12 @@ absl::Status EncodeChunk(std::span<const float> a, std::span<const float> b, v1:
 // DecodeChunk: writes the chunk's elements to dst as float32.
 // REQUIRES: dst.size() == *ChunkElementCount(chunk).
 absl::Status DecodeChunk(const v1::Chunk& chunk, std::span<float> dst);
+
+// ChunkValues: the chunk's elements as float32. A float32 payload that is suitably
+// aligned is viewed in place (valid while chunk lives and is unchanged); anything else
+// is decoded into *scratch and the view points there. Errors as ChunkElementCount.
+absl::StatusOr<std::span<const float>> ChunkValues(const v1::Chunk& chunk,
+                                                   std::vector<float>* scratch);
 
 // FindNonFinite: index of the first NaN or infinity in v, or -1.
 int64_t FindNonFinite(std::span<const float> v);

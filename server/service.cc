@@ -183,13 +183,11 @@ grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream*
     chunk.num_samples = g.num_samples();
     chunk.offset = g.chunk().offset();
     chunk.last = g.chunk().last();
-    absl::StatusOr<int64_t> count = ChunkElementCount(g.chunk());
-    if (count.ok()) {
-      scratch.resize(*count);
-      chunk.decode_status = DecodeChunk(g.chunk(), std::span<float>(scratch));
-      chunk.values = scratch;
+    absl::StatusOr<std::span<const float>> values = ChunkValues(g.chunk(), &scratch);
+    if (values.ok()) {
+      chunk.values = *values;
     } else {
-      chunk.decode_status = count.status();
+      chunk.decode_status = values.status();
     }
     absl::StatusOr<PushOutcome> outcome = core_->PushGradient(chunk);
     if (outcome.ok() &&

@@ -78,6 +78,23 @@ TEST(CodecTest, RejectsBadPayloads) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(CodecTest, ChunkValuesViewsFloat32AndDecodesBfloat16) {
+  std::vector<float> a = {1.0f, -2.5f, 3.0f}, scratch;
+  v1::Chunk f32, bf16;
+  ASSERT_TRUE(EncodeChunk(a, {}, v1::FLOAT32, &f32).ok());
+  ASSERT_TRUE(EncodeChunk(a, {}, v1::BFLOAT16, &bf16).ok());
+  absl::StatusOr<std::span<const float>> v = ChunkValues(f32, &scratch);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(std::vector<float>(v->begin(), v->end()), a);
+  EXPECT_EQ(static_cast<const void*>(v->data()), static_cast<const void*>(f32.data().data()));
+  v = ChunkValues(bf16, &scratch);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(std::vector<float>(v->begin(), v->end()), a);  // exact in bf16
+  EXPECT_EQ(v->data(), scratch.data());
+  f32.mutable_data()->push_back('x');
+  EXPECT_EQ(ChunkValues(f32, &scratch).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CodecTest, FindNonFinite) {
   std::vector<float> v(5000, 1.0f);
   EXPECT_EQ(FindNonFinite(v), -1);
