@@ -21,6 +21,8 @@ const kBinDir = "/opt/gnc/bin";
 const kDaemons = ["gnc-server", "gnc-worker"];
 // Kubernetes image name -> Dockerfile target that builds it.
 const kImageTargets = { gnc: "cpu", "gnc-cuda": "cuda" };
+// Images of tools the manifests run besides gnc (not built here, no gnc flags).
+const kToolImages = new Set(["kubectl"]);
 // Files that Debian packages put in an image (checked with dpkg-query where the
 // package is installed on this machine).
 const kPackageFiles = {
@@ -454,6 +456,7 @@ async function checkFlags() {
           const where = `${t.name}: ${owner.kind}/${owner.metadata.name} container ${c.name}`;
           if (!expect(Array.isArray(c.command) && c.command.length > 0, `${where}: no command`)) continue;
           const imageName = c.image.split("@")[0].replace(/:[^/:]*$/, "").split("/").pop();
+          if (kToolImages.has(imageName)) continue;  // checked in checkReaper
           const target = kImageTargets[imageName];
           if (!expect(target, `${where}: image ${c.image} is not built by deploy/docker/Dockerfile (${Object.keys(kImageTargets).join(", ")})`)) continue;
           const provided = providedPaths(doc, doc.stages.find((s) => s.name === target));
@@ -580,8 +583,11 @@ function checkTree(name, objects) {
   expect(flagValue(sargv, "total_steps") === flagValue(wargv, "steps"),
     `${name}: server --total_steps=${flagValue(sargv, "total_steps")} != worker --steps=${flagValue(wargv, "steps")}`);
 
-  // Lifecycle: the servers outlive the job (see base/server.yaml) and drain in time.
+  // Lifecycle: the servers do not exit by themselves (a StatefulSet would restart
+  // them); the reaper scales them to zero once the workers' Job completed, and they
+  // drain in time.
   expect(flagValue(sargv, "exit_when_done") === "false", `${name}: servers in a StatefulSet need --exit_when_done=false`);
+  checkReaper(name, objects, sts, job);
   const drain = durationSeconds(flagValue(sargv, "drain_timeout") ?? "10s");
   const grace = sts.spec.template.spec.terminationGracePeriodSeconds ?? 30;
   expect(grace > drain, `${name}: terminationGracePeriodSeconds=${grace} must exceed --drain_timeout (${drain}s)`);
@@ -593,6 +599,7 @@ function checkTree(name, objects) {
   }
 
   for (const { owner, template } of podTemplates(objects)) {
+    if (owner.metadata.name === "gnc-reaper") continue;  // checkReaper
     expect(template.spec.automountServiceAccountToken === false, `${name}: ${owner.kind}/${owner.metadata.name} mounts a service account token it does not need`);
     for (const c of template.spec.containers) {
       const where = `${name}: ${owner.kind}/${owner.metadata.name} container ${c.name}`;
@@ -609,15 +616,58 @@ function checkTree(name, objects) {
   // PodMonitor: selects the gnc pods and scrapes a port they have.
   for (const pm of objects.filter((o) => o.kind === "PodMonitor")) {
     const sel = pm.spec.selector.matchLabels ?? {};
+    const exprs = pm.spec.selector.matchExpressions ?? [];
+    const selects = (labels) => Object.entries(sel).every(([k, v]) => labels[k] === v) &&
+      exprs.every((e) => (e.operator === "In" ? e.values.includes(labels[e.key]) :
+        e.operator === "NotIn" ? !e.values.includes(labels[e.key]) :
+        e.operator === "Exists" ? e.key in labels : !(e.key in labels)));
     for (const { owner, template } of podTemplates(objects)) {
       const labels = template.metadata?.labels ?? {};
-      expect(Object.entries(sel).every(([k, v]) => labels[k] === v), `${name}: PodMonitor ${pm.metadata.name} does not select ${owner.kind}/${owner.metadata.name}`);
+      if (owner.metadata.name === "gnc-reaper") {
+        expect(!selects(labels), `${name}: PodMonitor ${pm.metadata.name} selects the reaper, which serves no metrics`);
+        continue;
+      }
+      expect(selects(labels), `${name}: PodMonitor ${pm.metadata.name} does not select ${owner.kind}/${owner.metadata.name}`);
       for (const ep of pm.spec.podMetricsEndpoints) {
         expect(template.spec.containers.some((c) => (c.ports ?? []).some((p) => p.name === ep.port)),
           `${name}: ${owner.kind}/${owner.metadata.name} has no port ${ep.port} for PodMonitor ${pm.metadata.name}`);
       }
     }
   }
+}
+
+// checkReaper: the Job that scales the servers to zero once the workers' Job has
+// completed: it waits for that Job, scales that StatefulSet, and its service account
+// may do exactly that.
+function checkReaper(name, objects, sts, job) {
+  const reaper = find(objects, "Job", "gnc-reaper");
+  if (!expect(reaper, `${name}: no Job gnc-reaper: the servers would run after the job for ever`)) return;
+  const spec = reaper.spec.template.spec;
+  const all = [...(spec.initContainers ?? []), ...spec.containers];
+  for (const c of all) checkContainerBasics(`${name}: Job/gnc-reaper container ${c.name}`, reaper.spec.template, c);
+  const argv = (c) => [...(c.command ?? []), ...(c.args ?? [])];
+  const waits = (spec.initContainers ?? []).some((c) => {
+    const a = argv(c);
+    return a[0] === "kubectl" && a[1] === "wait" && a.includes(`job/${job.metadata.name}`) &&
+      a.includes("--for=condition=complete");
+  });
+  expect(waits, `${name}: gnc-reaper must first wait for job/${job.metadata.name} to complete (init container)`);
+  const scales = spec.containers.some((c) => {
+    const a = argv(c);
+    return a[0] === "kubectl" && a[1] === "scale" && a.includes(`statefulset/${sts.metadata.name}`) &&
+      a.includes("--replicas=0");
+  });
+  expect(scales, `${name}: gnc-reaper must scale statefulset/${sts.metadata.name} to 0`);
+  const sa = spec.serviceAccountName;
+  const binding = objects.find((o) => o.kind === "RoleBinding" &&
+    (o.subjects ?? []).some((s) => s.kind === "ServiceAccount" && s.name === sa));
+  const role = binding && find(objects, "Role", binding.roleRef.name);
+  if (!expect(role, `${name}: no Role bound to the reaper's service account ${sa}`)) return;
+  const allows = (group, resource, verb) => role.rules.some((r) => r.apiGroups.includes(group) &&
+    r.resources.includes(resource) && (r.verbs.includes(verb) || r.verbs.includes("*")));
+  expect(allows("batch", "jobs", "watch") && allows("batch", "jobs", "get"), `${name}: reaper cannot watch Jobs`);
+  expect(allows("apps", "statefulsets/scale", "patch"), `${name}: reaper cannot scale StatefulSets`);
+  expect(!role.rules.some((r) => r.verbs.includes("delete") || r.verbs.includes("*")), `${name}: reaper may delete: more than it needs`);
 }
 
 async function checkConsistency() {

@@ -56,7 +56,10 @@ function readTracker() {
   return { track, unknownFields };
 }
 
-const kTopLevel = new Set(["apiVersion", "kind", "metadata", "spec", "data", "binaryData", "immutable", "stringData", "type"]);
+const kTopLevel = new Set([
+  "apiVersion", "kind", "metadata", "spec", "data", "binaryData", "immutable", "stringData", "type",
+  "rules", "roleRef", "subjects",  // RBAC objects have no spec
+]);
 
 // validateObject: list of problems (empty = valid).
 export async function validateObject(obj) {
