@@ -1,6 +1,6 @@
 # Worker integration tests: real gnc-server and gnc-worker processes on 127.0.0.1,
 # started through deploy/local/launch.sh. Included from this folder's CMakeLists.txt.
-foreach(_name train kill flags)
+foreach(_name train kill restart flags)
   add_test(NAME worker_${_name}_integration
     COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/worker_${_name}_test.sh
       $<TARGET_FILE:gnc-server> $<TARGET_FILE:gnc-worker>)
