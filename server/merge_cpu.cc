@@ -140,10 +140,21 @@ class CpuMergeBackend final : public MergeBackend {
         const uint64_t key = NoiseKey(p.seed, p.noise_step, in.ranks[k]);
         float* out = deltas[k].data();
         double s = 0;
-        for (size_t j = 0; j < d; ++j) {
-          out[j] = static_cast<float>(sigma * StandardNormal(key, p.global_offset + j));
-          s += static_cast<double>(out[j]) * out[j];
+        // Pairs of elements share one draw: compute it once per pair (the values are
+        // exactly StandardNormal's, element by element).
+        size_t j = 0;
+        if (d > 0 && (p.global_offset & 1)) {
+          out[0] = static_cast<float>(sigma * StandardNormal(key, p.global_offset));
+          j = 1;
         }
+        for (; j + 1 < d; j += 2) {
+          double r, theta;
+          NormalPairPolar(key, (p.global_offset + static_cast<int64_t>(j)) >> 1, &r, &theta);
+          out[j] = static_cast<float>(sigma * static_cast<float>(r * std::cos(theta)));
+          out[j + 1] = static_cast<float>(sigma * static_cast<float>(r * std::sin(theta)));
+        }
+        if (j < d) out[j] = static_cast<float>(sigma * StandardNormal(key, p.global_offset + j));
+        for (size_t i = 0; i < d; ++i) s += static_cast<double>(out[i]) * out[i];
         delta_sq[k] = s;
       }
     }

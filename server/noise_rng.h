@@ -29,15 +29,21 @@ GNC_HOST_DEVICE uint64_t NoiseKey(uint64_t seed, int64_t step, int32_t worker) {
                                static_cast<uint64_t>(static_cast<uint32_t>(worker))));
 }
 
-// StandardNormal: element `index` (global parameter index) of stream `key`.
-// Box-Muller on one 64-bit draw per pair of elements; even index -> cos, odd -> sin.
-GNC_HOST_DEVICE float StandardNormal(uint64_t key, int64_t index) {
-  const uint64_t bits = SplitMix64(key + static_cast<uint64_t>(index >> 1) * 0xd1b54a32d192ed03ull);
-  // Uniforms in (0, 1]: 32 bits each.
+// NormalPairPolar: radius and angle of Box-Muller for pair `pair` of stream `key`,
+// from one 64-bit draw (two 32-bit uniforms in (0, 1] and [0, 1)).
+GNC_HOST_DEVICE void NormalPairPolar(uint64_t key, int64_t pair, double* r, double* theta) {
+  const uint64_t bits = SplitMix64(key + static_cast<uint64_t>(pair) * 0xd1b54a32d192ed03ull);
   const double u1 = (static_cast<double>(bits >> 32) + 1.0) * (1.0 / 4294967296.0);
   const double u2 = static_cast<double>(bits & 0xffffffffu) * (1.0 / 4294967296.0);
-  const double r = sqrt(-2.0 * log(u1));
-  const double theta = 6.283185307179586 * u2;
+  *r = sqrt(-2.0 * log(u1));
+  *theta = 6.283185307179586 * u2;
+}
+
+// StandardNormal: element `index` (global parameter index) of stream `key`.
+// Elements 2i and 2i+1 share pair i: even index -> r cos(theta), odd -> r sin(theta).
+GNC_HOST_DEVICE float StandardNormal(uint64_t key, int64_t index) {
+  double r, theta;
+  NormalPairPolar(key, index >> 1, &r, &theta);
   return static_cast<float>((index & 1) ? r * sin(theta) : r * cos(theta));
 }
 
