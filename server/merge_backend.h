@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "server/options.h"
 
 namespace gnc {
@@ -65,6 +66,28 @@ class MergeBackend {
                              std::span<float> w, std::span<float> v,
                              std::span<const std::span<float>> deltas, MergeStats* stats) = 0;
 };
+
+// ValidateMergeInputs: the size checks every backend makes before it touches w, v or
+// a delta. INVALID_ARGUMENT naming the mismatch.
+inline absl::Status ValidateMergeInputs(const MergeInputs& in, std::span<const float> w,
+                                        std::span<const float> v,
+                                        std::span<const std::span<float>> deltas) {
+  const size_t num = in.grads.size();
+  const size_t d = w.size();
+  if (num == 0) return absl::InvalidArgumentError("merge with no gradients");
+  if (in.num_samples.size() != num || in.ranks.size() != num || deltas.size() != num ||
+      v.size() != d) {
+    return absl::InvalidArgumentError("merge inputs disagree in size");
+  }
+  for (size_t k = 0; k < num; ++k) {
+    if (in.grads[k].size() != d || deltas[k].size() != d) {
+      return absl::InvalidArgumentError(absl::StrCat("contributor ", k, " has ",
+                                                     in.grads[k].size(), " gradient and ",
+                                                     deltas[k].size(), " delta elements, not ", d));
+    }
+  }
+  return absl::OkStatus();
+}
 
 // NewCpuMergeBackend: the reference backend, blocked for cache reuse (one pass over
 // the gradients), single-threaded.

@@ -98,17 +98,7 @@ class CpuMergeBackend final : public MergeBackend {
                      MergeStats* stats) override {
     const size_t num = in.grads.size();
     const size_t d = w.size();
-    if (num == 0) return absl::InvalidArgumentError("merge with no gradients");
-    if (in.num_samples.size() != num || in.ranks.size() != num || deltas.size() != num ||
-        v.size() != d) {
-      return absl::InvalidArgumentError("merge inputs disagree in size");
-    }
-    for (size_t k = 0; k < num; ++k) {
-      if (in.grads[k].size() != d || deltas[k].size() != d) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "gradient or delta ", k, " has the wrong size (shard has ", d, " elements)"));
-      }
-    }
+    if (absl::Status s = ValidateMergeInputs(in, w, v, deltas); !s.ok()) return s;
     double total = 0;
     for (double n : in.num_samples) total += n;
     std::vector<float> weight(num);

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/cuda/cuda_memory.h"
 #include "common/cuda/cuda_status.h"
+#include "common/status_macros.h"
 #include "server/cuda/merge_kernels.h"
 #include "server/cuda/pinned_stager.h"
 #include "server/device.h"
@@ -22,13 +23,6 @@ namespace {
 
 using cuda::DeviceArray;
 using cuda::PinnedArray;
-
-#define GNC_RETURN_IF_ERROR(expr)             \
-  do {                                        \
-    if (absl::Status s_ = (expr); !s_.ok()) { \
-      return s_;                              \
-    }                                         \
-  } while (false)
 
 // Rows are padded to 64 floats: 256-byte aligned rows, whole float4s for the pass.
 constexpr int64_t kRowAlign = 64;
@@ -158,18 +152,7 @@ absl::Status CudaMergeBackend::Merge(const MergeParams& p, const MergeInputs& in
                                      std::span<const std::span<float>> deltas, MergeStats* stats) {
   const size_t num = in.grads.size();
   const size_t d = w.size();
-  if (num == 0) return absl::InvalidArgumentError("merge with no gradients");
-  if (in.num_samples.size() != num || in.ranks.size() != num || deltas.size() != num ||
-      v.size() != d) {
-    return absl::InvalidArgumentError("merge inputs disagree in size");
-  }
-  for (size_t k = 0; k < num; ++k) {
-    if (in.grads[k].size() != d || deltas[k].size() != d) {
-      return absl::InvalidArgumentError(absl::StrCat("contributor ", k, " has ", in.grads[k].size(),
-                                                     " gradient and ", deltas[k].size(),
-                                                     " delta elements, not ", d));
-    }
-  }
+  GNC_RETURN_IF_ERROR(ValidateMergeInputs(in, w, v, deltas));
   double total = 0;
   for (double n : in.num_samples) total += n;
   if (!(total > 0)) return absl::InvalidArgumentError("merge with no samples");

@@ -18,18 +18,12 @@
 #include "absl/strings/str_cat.h"
 #include "worker/compute_backend.h"
 #include "common/cuda/cuda_status.h"
+#include "common/status_macros.h"
 #include "worker/cuda/cuda_check.h"
 #include "worker/cuda/mlp_kernels.h"
 
 namespace gnc {
 namespace {
-
-#define GNC_RETURN_IF_ERROR(expr)             \
-  do {                                        \
-    if (absl::Status s_ = (expr); !s_.ok()) { \
-      return s_;                              \
-    }                                         \
-  } while (false)
 
 // Evaluate runs the forward pass over this many examples at a time (as the CPU does).
 constexpr int64_t kEvalChunk = 1024;
