@@ -15,12 +15,6 @@
 
 namespace gnc {
 
-int64_t MlpShape::NumParameters() const {
-  int64_t n = 0;
-  for (size_t l = 0; l + 1 < widths.size(); ++l) n += widths[l + 1] * widths[l] + widths[l + 1];
-  return n;
-}
-
 absl::StatusOr<ModelLayout> MlpLayout(const MlpShape& shape) {
   if (shape.widths.size() < 2) {
     return absl::InvalidArgumentError("MLP needs at least an input and an output width");

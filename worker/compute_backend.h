@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "common/layout.h"
 
 namespace gnc {
@@ -24,8 +25,47 @@ namespace gnc {
 // flat parameter vector: W_0, b_0, W_1, b_1, ...
 struct MlpShape {
   std::vector<int64_t> widths;
-  int64_t NumParameters() const;
+  int64_t NumParameters() const {
+    int64_t n = 0;
+    for (size_t l = 0; l + 1 < widths.size(); ++l) n += widths[l + 1] * widths[l] + widths[l + 1];
+    return n;
+  }
 };
+
+// CheckMlpArguments: the argument checks every backend makes before computing: at
+// least two widths, each in [1, max_width], params of the MLP's size, inputs of
+// batch x widths[0] for batch = labels.size(), labels in [0, widths.back()).
+// INVALID_ARGUMENT naming the mismatch. Header-only so device backends share it.
+inline absl::Status CheckMlpArguments(const MlpShape& shape, std::span<const float> params,
+                                      std::span<const float> inputs,
+                                      std::span<const int32_t> labels,
+                                      int64_t max_width = int64_t{1} << 40) {
+  if (shape.widths.size() < 2) {
+    return absl::InvalidArgumentError("MLP needs at least an input and an output width");
+  }
+  for (int64_t w : shape.widths) {
+    if (w < 1 || w > max_width) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("MLP width ", w, " outside [1, ", max_width, "]"));
+    }
+  }
+  if (static_cast<int64_t>(params.size()) != shape.NumParameters()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "params has ", params.size(), " elements, the MLP has ", shape.NumParameters()));
+  }
+  const int64_t batch = static_cast<int64_t>(labels.size());
+  if (static_cast<int64_t>(inputs.size()) != batch * shape.widths[0]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "inputs has ", inputs.size(), " elements, expected ", batch, " x ", shape.widths[0]));
+  }
+  const int64_t classes = shape.widths.back();
+  for (int32_t y : labels) {
+    if (y < 0 || y >= classes) {
+      return absl::InvalidArgumentError(absl::StrCat("label ", y, " outside [0, ", classes, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 // MlpLayout: the ModelLayout the servers see for `shape`: tensors "layer<l>.weight"
 // [out, in] and "layer<l>.bias" [out], in MlpShape's flat order.

@@ -21,32 +21,6 @@ namespace {
 // Evaluate runs the forward pass over this many examples at a time.
 constexpr int64_t kEvalChunk = 1024;
 
-absl::Status CheckShape(const MlpShape& shape, std::span<const float> params,
-                        std::span<const float> inputs, std::span<const int32_t> labels) {
-  if (shape.widths.size() < 2) {
-    return absl::InvalidArgumentError("MLP needs at least an input and an output width");
-  }
-  for (int64_t w : shape.widths) {
-    if (w < 1) return absl::InvalidArgumentError(absl::StrCat("MLP width ", w, " < 1"));
-  }
-  if (static_cast<int64_t>(params.size()) != shape.NumParameters()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "params has ", params.size(), " elements, the MLP has ", shape.NumParameters()));
-  }
-  const int64_t batch = static_cast<int64_t>(labels.size());
-  if (static_cast<int64_t>(inputs.size()) != batch * shape.widths[0]) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "inputs has ", inputs.size(), " elements, expected ", batch, " x ", shape.widths[0]));
-  }
-  const int64_t classes = shape.widths.back();
-  for (int32_t y : labels) {
-    if (y < 0 || y >= classes) {
-      return absl::InvalidArgumentError(absl::StrCat("label ", y, " outside [0, ", classes, ")"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 class CpuComputeBackend final : public ComputeBackend {
  public:
   std::string Name() const override { return "cpu"; }
@@ -55,7 +29,7 @@ class CpuComputeBackend final : public ComputeBackend {
                                          std::span<const float> inputs,
                                          std::span<const int32_t> labels,
                                          std::span<float> grad) override {
-    if (absl::Status s = CheckShape(shape, params, inputs, labels); !s.ok()) return s;
+    if (absl::Status s = CheckMlpArguments(shape, params, inputs, labels); !s.ok()) return s;
     if (grad.size() != params.size()) {
       return absl::InvalidArgumentError(
           absl::StrCat("grad has ", grad.size(), " elements, params ", params.size()));
@@ -122,7 +96,7 @@ class CpuComputeBackend final : public ComputeBackend {
   absl::Status Evaluate(const MlpShape& shape, std::span<const float> params,
                         std::span<const float> inputs, std::span<const int32_t> labels,
                         double* loss_sum, int64_t* correct) override {
-    if (absl::Status s = CheckShape(shape, params, inputs, labels); !s.ok()) return s;
+    if (absl::Status s = CheckMlpArguments(shape, params, inputs, labels); !s.ok()) return s;
     const int L = static_cast<int>(shape.widths.size()) - 1;
     const int64_t classes = shape.widths.back();
     const int64_t total = static_cast<int64_t>(labels.size());

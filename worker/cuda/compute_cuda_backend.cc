@@ -57,42 +57,8 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
-int64_t ParameterCount(const MlpShape& shape) {
-  int64_t n = 0;
-  for (size_t l = 0; l + 1 < shape.widths.size(); ++l) {
-    n += shape.widths[l + 1] * shape.widths[l] + shape.widths[l + 1];
-  }
-  return n;
-}
-
-absl::Status CheckShape(const MlpShape& shape, std::span<const float> params,
-                        std::span<const float> inputs, std::span<const int32_t> labels) {
-  if (shape.widths.size() < 2) {
-    return absl::InvalidArgumentError("MLP needs at least an input and an output width");
-  }
-  for (int64_t w : shape.widths) {
-    // cuBLAS takes int dimensions.
-    if (w < 1 || w > (int64_t{1} << 30)) {
-      return absl::InvalidArgumentError(absl::StrCat("MLP width ", w, " outside [1, 2^30]"));
-    }
-  }
-  if (static_cast<int64_t>(params.size()) != ParameterCount(shape)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "params has ", params.size(), " elements, the MLP has ", ParameterCount(shape)));
-  }
-  const int64_t batch = static_cast<int64_t>(labels.size());
-  if (static_cast<int64_t>(inputs.size()) != batch * shape.widths[0]) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "inputs has ", inputs.size(), " elements, expected ", batch, " x ", shape.widths[0]));
-  }
-  const int64_t classes = shape.widths.back();
-  for (int32_t y : labels) {
-    if (y < 0 || y >= classes) {
-      return absl::InvalidArgumentError(absl::StrCat("label ", y, " outside [0, ", classes, ")"));
-    }
-  }
-  return absl::OkStatus();
-}
+// cuBLAS takes int dimensions.
+constexpr int64_t kMaxWidth = int64_t{1} << 30;
 
 class CudaComputeBackend final : public ComputeBackend {
  public:
@@ -241,7 +207,7 @@ absl::StatusOr<double> CudaComputeBackend::LossAndGradient(const MlpShape& shape
                                                            std::span<const float> inputs,
                                                            std::span<const int32_t> labels,
                                                            std::span<float> grad) {
-  GNC_RETURN_IF_ERROR(CheckShape(shape, params, inputs, labels));
+  GNC_RETURN_IF_ERROR(CheckMlpArguments(shape, params, inputs, labels, kMaxWidth));
   if (grad.size() != params.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("grad has ", grad.size(), " elements, params ", params.size()));
@@ -283,7 +249,7 @@ absl::Status CudaComputeBackend::Evaluate(const MlpShape& shape, std::span<const
                                           std::span<const float> inputs,
                                           std::span<const int32_t> labels, double* loss_sum,
                                           int64_t* correct) {
-  GNC_RETURN_IF_ERROR(CheckShape(shape, params, inputs, labels));
+  GNC_RETURN_IF_ERROR(CheckMlpArguments(shape, params, inputs, labels, kMaxWidth));
   const int64_t total = static_cast<int64_t>(labels.size());
   GNC_RETURN_IF_ERROR(Upload(shape, params, inputs, labels, std::min(total, kEvalChunk)));
   double loss = 0;
