@@ -134,11 +134,14 @@ ShardMetrics::ShardMetrics(prometheus::Registry& registry, const ShardMetricsOpt
             {"device", options.device}})
       .Set(1);
   if (options.per_worker_noise) {
-    worker_noise_family_ =
-        &BuildGauge()
-             .Name("gnc_worker_noise_sqnorm")
-             .Help("||g_k - g_mean||^2 of worker k on this shard, at its last merged step")
-             .Register(registry);
+    auto& family = BuildGauge()
+                       .Name("gnc_worker_noise_sqnorm")
+                       .Help("||g_k - g_mean||^2 of worker k on this shard, at its last merged step")
+                       .Register(registry);
+    for (int k = 0; k < options.num_workers; ++k) {
+      worker_noise_.push_back(&family.Add(
+          {{"shard", absl::StrCat(options.shard_index)}, {"worker", absl::StrCat(k)}}));
+    }
   }
   BuildGauge()
       .Name("gnc_job_workers")
@@ -162,12 +165,12 @@ void ShardMetrics::OnStep(const StepReport& r) {
   perturbation_sqnorm_.Set(r.stats.perturbation_sqnorm);
   contributors_.Set(r.contributors);
   global_batch_.Set(r.total_samples);
-  if (worker_noise_family_ != nullptr && r.stats.noise_sqnorm.size() == r.ranks.size()) {
+  if (!worker_noise_.empty() && r.stats.noise_sqnorm.size() == r.ranks.size()) {
     for (size_t k = 0; k < r.ranks.size(); ++k) {
-      worker_noise_family_
-          ->Add(
-              {{"shard", absl::StrCat(options_.shard_index)}, {"worker", absl::StrCat(r.ranks[k])}})
-          .Set(r.stats.noise_sqnorm[k]);
+      const int32_t rank = r.ranks[k];
+      if (rank >= 0 && rank < static_cast<int32_t>(worker_noise_.size())) {
+        worker_noise_[rank]->Set(r.stats.noise_sqnorm[k]);
+      }
     }
   }
   double g2 = 0, trace = 0;

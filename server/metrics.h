@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -64,7 +65,8 @@ class ShardMetrics final : public ShardObserver {
   prometheus::Gauge& step_gauge_;
   prometheus::Gauge& contributors_;
   prometheus::Gauge& global_batch_;
-  prometheus::Family<prometheus::Gauge>* worker_noise_family_ = nullptr;  // per_worker_noise
+  // One gauge per worker rank when per_worker_noise, created with the family.
+  std::vector<prometheus::Gauge*> worker_noise_;
 
   absl::Mutex mu_;
   double ema_g2_ ABSL_GUARDED_BY(mu_) = 0;
