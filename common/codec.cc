@@ -104,22 +104,4 @@ absl::StatusOr<std::span<const float>> ChunkValues(const v1::Chunk& chunk,
   return std::span<const float>(*scratch);
 }
 
-int64_t FindNonFinite(std::span<const float> v) {
-  // Branch-free scan in blocks so the common all-finite case vectorises.
-  constexpr size_t kBlock = 1024;
-  for (size_t base = 0; base < v.size(); base += kBlock) {
-    const size_t end = std::min(v.size(), base + kBlock);
-    bool bad = false;
-    for (size_t i = base; i < end; ++i) {
-      bad |= (std::bit_cast<uint32_t>(v[i]) & 0x7f800000u) == 0x7f800000u;
-    }
-    if (bad) {
-      for (size_t i = base; i < end; ++i) {
-        if (!std::isfinite(v[i])) return static_cast<int64_t>(i);
-      }
-    }
-  }
-  return -1;
-}
-
 }  // namespace gnc

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/finite.h"
 #include "proto/gnc.pb.h"
 
 namespace gnc {
@@ -41,9 +42,6 @@ absl::Status DecodeChunk(const v1::Chunk& chunk, std::span<float> dst);
 // is decoded into *scratch and the view points there. Errors as ChunkElementCount.
 absl::StatusOr<std::span<const float>> ChunkValues(const v1::Chunk& chunk,
                                                    std::vector<float>* scratch);
-
-// FindNonFinite: index of the first NaN or infinity in v, or -1.
-int64_t FindNonFinite(std::span<const float> v);
 
 }  // namespace gnc
 

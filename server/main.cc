@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -21,6 +22,7 @@
 #include "common/log.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "server/checkpoint.h"
 #include "server/device.h"
 #include "server/metrics.h"
 #include "server/options.h"
@@ -63,6 +65,18 @@ ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
 ABSL_FLAG(bool, exit_when_done, true,
           "Exit once every worker of the job has left (false: keep serving)");
 ABSL_FLAG(bool, check_config, false, "Validate the flags, print the config hash and exit");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "Folder for this shard's checkpoints (several shards may share it); at start the "
+          "newest valid one is restored. Empty: no checkpoints");
+ABSL_FLAG(int64_t, checkpoint_every, 0,
+          "Steps between checkpoints (0: only w0 and on SIGTERM); needs --checkpoint_dir");
+ABSL_FLAG(int, checkpoint_keep, 2, "Newest checkpoints kept per shard (>= 2 recommended)");
+ABSL_FLAG(double, max_gradient_norm, 0.0,
+          "Scale each worker's gradient on this shard down to this L2 norm when longer "
+          "(0 = no clipping)");
+ABSL_FLAG(absl::Duration, stall_report_after, absl::Seconds(30),
+          "A step waiting longer than this for its workers is logged (every as long) and "
+          "exported (gnc_step_wait_seconds, gnc_waiting_workers)");
 
 namespace gnc {
 namespace {
@@ -90,10 +104,16 @@ absl::StatusOr<ShardOptions> OptionsFromFlags() {
   o.lr.step_gamma = absl::GetFlag(FLAGS_lr_step_gamma);
   o.seed = absl::GetFlag(FLAGS_seed);
   o.straggler_timeout = absl::GetFlag(FLAGS_straggler_timeout);
+  o.max_gradient_norm = absl::GetFlag(FLAGS_max_gradient_norm);
+  o.noise_ema = absl::GetFlag(FLAGS_noise_ema);
+  o.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
+  o.stall_report_after = absl::GetFlag(FLAGS_stall_report_after);
   if (absl::Status s = o.Validate(); !s.ok()) return s;
-  const double ema = absl::GetFlag(FLAGS_noise_ema);
-  if (!(ema >= 0 && ema < 1)) {
-    return absl::InvalidArgumentError(absl::StrCat("noise_ema must be in [0, 1), got ", ema));
+  if (o.checkpoint_every > 0 && absl::GetFlag(FLAGS_checkpoint_dir).empty()) {
+    return absl::InvalidArgumentError("--checkpoint_every needs --checkpoint_dir");
+  }
+  if (absl::GetFlag(FLAGS_checkpoint_keep) < 1) {
+    return absl::InvalidArgumentError("--checkpoint_keep must be >= 1");
   }
   const int port = absl::GetFlag(FLAGS_port);
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
@@ -117,7 +137,6 @@ absl::Status RunServer(const ShardOptions& options) {
   metrics_options.shard_index = options.shard_index;
   metrics_options.mode = SmoothingModeName(options.mode);
   metrics_options.device = device_name;
-  metrics_options.noise_ema = absl::GetFlag(FLAGS_noise_ema);
   metrics_options.per_worker_noise = absl::GetFlag(FLAGS_per_worker_noise_metrics);
   metrics_options.num_workers = options.num_workers;
   metrics_options.min_workers = options.EffectiveMinWorkers();
@@ -134,7 +153,20 @@ absl::Status RunServer(const ShardOptions& options) {
     LogInfo("metrics on http://", where, "/metrics");
   }
 
-  ShardCore core(options, *std::move(backend), &metrics);
+  std::unique_ptr<CheckpointStore> checkpoints;
+  if (const std::string dir = absl::GetFlag(FLAGS_checkpoint_dir); !dir.empty()) {
+    CheckpointOptions co;
+    co.dir = dir;
+    co.shard_index = options.shard_index;
+    co.num_shards = options.num_shards;
+    co.config_hash = options.ConfigHash();
+    co.keep = absl::GetFlag(FLAGS_checkpoint_keep);
+    absl::StatusOr<std::unique_ptr<CheckpointStore>> store = CheckpointStore::Open(co, &metrics);
+    if (!store.ok()) return store.status();
+    checkpoints = *std::move(store);
+  }
+  ShardCore core(options, *std::move(backend), &metrics, nullptr, checkpoints.get());
+  if (absl::Status s = core.RestoreNewest(); !s.ok()) return s;
   ParameterShardService service(&core, &metrics);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -173,16 +205,21 @@ absl::Status RunServer(const ShardOptions& options) {
       break;
     }
     core.CheckDeadline();
-    if (exit_when_done && core.AllFinished()) {
-      LogInfo("every worker has left: shutting down");
+    if (exit_when_done && core.Done()) {
+      LogInfo("the job is done (every live worker has left): shutting down");
       break;
     }
   }
   server->GetHealthCheckService()->SetServingStatus(false);
   core.Drain();
-  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_drain_timeout)));
+  const absl::Time drain_deadline = absl::Now() + absl::GetFlag(FLAGS_drain_timeout);
+  server->Shutdown(absl::ToChronoTime(drain_deadline));
   server->Wait();
-  LogInfo("gnc-server stopped at step ", core.GetStatus().step);
+  if (checkpoints != nullptr) {
+    absl::Status s = checkpoints->Flush(std::max(drain_deadline - absl::Now(), absl::Seconds(1)));
+    if (!s.ok()) LogError("last checkpoint: ", s.message());
+  }
+  LogInfo("gnc-server stopped at step ", core.GetStatus().job.step);
   return absl::OkStatus();
 }
 

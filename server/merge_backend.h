@@ -49,6 +49,8 @@ struct MergeStats {
   // ||g_k - g_mean||^2 per contributor, in MergeInputs order (parallel to ranks).
   // Every backend fills it; its mean is noise_sqnorm_mean.
   std::vector<double> noise_sqnorm;
+  // False when the updated w or v holds a NaN or an infinity: the step diverged.
+  bool finite = true;
 };
 
 // MergeBackend: thread-compatible; the shard core serialises calls.
@@ -57,26 +59,39 @@ class MergeBackend {
   virtual ~MergeBackend() = default;
   virtual std::string Name() const = 0;
 
-  // Merge: one step. w and v (size d) are updated in place; deltas[k] (size d) receives
-  // contributor k's perturbation (left untouched in mode none).
+  // MergeInto: one step. Reads w and v (size d) and writes the updated ones to w_out
+  // and v_out, which may be w and v themselves or other buffers of size d (the shard
+  // core keeps the old state until it knows the new one is finite); deltas[k] (size d)
+  // receives contributor k's perturbation (left untouched in mode none); stats->finite
+  // says whether w_out and v_out are free of NaN and infinity.
   // REQUIRES: inputs non-empty, all sizes equal d, deltas.size() == grads.size().
-  // Errors: INTERNAL for device failures; w, v are then unspecified only on the device
-  // backend's failure after launch, which it reports with context.
-  virtual absl::Status Merge(const MergeParams& params, const MergeInputs& inputs,
-                             std::span<float> w, std::span<float> v,
-                             std::span<const std::span<float>> deltas, MergeStats* stats) = 0;
+  // Errors: INTERNAL for device failures; w_out, v_out are then unspecified only on the
+  // device backend's failure after launch, which it reports with context.
+  virtual absl::Status MergeInto(const MergeParams& params, const MergeInputs& inputs,
+                                 std::span<const float> w, std::span<const float> v,
+                                 std::span<float> w_out, std::span<float> v_out,
+                                 std::span<const std::span<float>> deltas,
+                                 MergeStats* stats) = 0;
+
+  // Merge: MergeInto with w and v updated in place.
+  absl::Status Merge(const MergeParams& params, const MergeInputs& inputs, std::span<float> w,
+                     std::span<float> v, std::span<const std::span<float>> deltas,
+                     MergeStats* stats) {
+    return MergeInto(params, inputs, w, v, w, v, deltas, stats);
+  }
 };
 
 // ValidateMergeInputs: the size checks every backend makes before it touches w, v or
 // a delta. INVALID_ARGUMENT naming the mismatch.
 inline absl::Status ValidateMergeInputs(const MergeInputs& in, std::span<const float> w,
                                         std::span<const float> v,
-                                        std::span<const std::span<float>> deltas) {
+                                        std::span<const std::span<float>> deltas,
+                                        size_t w_out_size, size_t v_out_size) {
   const size_t num = in.grads.size();
   const size_t d = w.size();
   if (num == 0) return absl::InvalidArgumentError("merge with no gradients");
   if (in.num_samples.size() != num || in.ranks.size() != num || deltas.size() != num ||
-      v.size() != d) {
+      v.size() != d || w_out_size != d || v_out_size != d) {
     return absl::InvalidArgumentError("merge inputs disagree in size");
   }
   for (size_t k = 0; k < num; ++k) {

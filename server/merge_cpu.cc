@@ -23,9 +23,10 @@ constexpr size_t kBlock = 2048;
 __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
 void BlockedPass(const MergeParams& p, const MergeInputs& in, const std::vector<float>& weight,
-                 std::span<float> w, std::span<float> v,
-                 std::span<const std::span<float>> deltas, std::vector<double>& grad_sq,
-                 std::vector<double>& noise_sq, double* mean_sq_out) {
+                 std::span<const float> w, std::span<const float> v, std::span<float> w_out,
+                 std::span<float> v_out, std::span<const std::span<float>> deltas,
+                 std::vector<double>& grad_sq, std::vector<double>& noise_sq,
+                 double* mean_sq_out, bool* finite_out) {
   const size_t num = in.grads.size();
   const size_t d = w.size();
   const bool write_gnc = p.mode == SmoothingMode::kGnc;
@@ -35,6 +36,9 @@ void BlockedPass(const MergeParams& p, const MergeInputs& in, const std::vector<
   const float gnc_coef = static_cast<float>(-p.gnc_scale * p.lr);
 
   double mean_sq = 0;
+  // x - x is 0 for every finite x and NaN otherwise: one vectorised sum tells whether
+  // the whole update stayed finite, without a second pass.
+  float nonfinite = 0;
   alignas(64) float gbar[kBlock];
 
   for (size_t base = 0; base < d; base += kBlock) {
@@ -51,19 +55,24 @@ void BlockedPass(const MergeParams& p, const MergeInputs& in, const std::vector<
       }
       grad_sq[k] += s;
     }
-    float* wb = w.data() + base;
-    float* vb = v.data() + base;
-    float m = 0;
-#pragma omp simd reduction(+ : m)
+    const float* wb = w.data() + base;
+    const float* vb = v.data() + base;
+    float* wo = w_out.data() + base;
+    float* vo = v_out.data() + base;
+    float m = 0, bad = 0;
+#pragma omp simd reduction(+ : m, bad)
     for (size_t j = 0; j < len; ++j) {
       const float gb = gbar[j];
       m += gb * gb;
       const float ge = gb + wd * wb[j];
       const float vn = mu * vb[j] + ge;
-      vb[j] = vn;
-      wb[j] -= lr * (p.nesterov ? ge + mu * vn : vn);
+      const float wn = wb[j] - lr * (p.nesterov ? ge + mu * vn : vn);
+      vo[j] = vn;
+      wo[j] = wn;
+      bad += (wn - wn) + (vn - vn);
     }
     mean_sq += m;
+    nonfinite += bad;
     for (size_t k = 0; k < num; ++k) {
       const float* g = in.grads[k].data() + base;
       float* out = deltas[k].data() + base;
@@ -87,18 +96,23 @@ void BlockedPass(const MergeParams& p, const MergeInputs& in, const std::vector<
   }
 
   *mean_sq_out = mean_sq;
+  *finite_out = nonfinite == 0;
 }
 
 class CpuMergeBackend final : public MergeBackend {
  public:
   std::string Name() const override { return "cpu"; }
 
-  absl::Status Merge(const MergeParams& p, const MergeInputs& in, std::span<float> w,
-                     std::span<float> v, std::span<const std::span<float>> deltas,
-                     MergeStats* stats) override {
+  absl::Status MergeInto(const MergeParams& p, const MergeInputs& in, std::span<const float> w,
+                         std::span<const float> v, std::span<float> w_out,
+                         std::span<float> v_out, std::span<const std::span<float>> deltas,
+                         MergeStats* stats) override {
     const size_t num = in.grads.size();
     const size_t d = w.size();
-    if (absl::Status s = ValidateMergeInputs(in, w, v, deltas); !s.ok()) return s;
+    if (absl::Status s = ValidateMergeInputs(in, w, v, deltas, w_out.size(), v_out.size());
+        !s.ok()) {
+      return s;
+    }
     double total = 0;
     for (double n : in.num_samples) total += n;
     std::vector<float> weight(num);
@@ -106,7 +120,8 @@ class CpuMergeBackend final : public MergeBackend {
 
     std::vector<double> grad_sq(num, 0.0), noise_sq(num, 0.0);
     double mean_sq = 0;
-    BlockedPass(p, in, weight, w, v, deltas, grad_sq, noise_sq, &mean_sq);
+    BlockedPass(p, in, weight, w, v, w_out, v_out, deltas, grad_sq, noise_sq, &mean_sq,
+                &stats->finite);
 
     double grad_sq_sum = 0, noise_sq_sum = 0;
     for (size_t k = 0; k < num; ++k) {

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 
 namespace gnc {
@@ -19,13 +20,6 @@ Histogram::BucketBoundaries LatencyBuckets() {
 }
 
 }  // namespace
-
-bool NoiseEstimates(double a, double c, double b, double big_b, double* g2, double* trace) {
-  if (!(big_b > b) || !(b > 0)) return false;
-  *g2 = (big_b * a - b * c) / (big_b - b);
-  *trace = (c - a) / (1.0 / b - 1.0 / big_b);
-  return true;
-}
 
 ShardMetrics::ShardMetrics(prometheus::Registry& registry, const ShardMetricsOptions& options)
     : options_(options),
@@ -123,7 +117,63 @@ ShardMetrics::ShardMetrics(prometheus::Registry& registry, const ShardMetricsOpt
                         .Name("gnc_global_batch_samples")
                         .Help("Samples behind the last completed step (B)")
                         .Register(registry)
-                        .Add({{"shard", absl::StrCat(options.shard_index)}})) {
+                        .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      clipped_(BuildCounter()
+                   .Name("gnc_clipped_gradients_total")
+                   .Help("Gradients scaled down to --max_gradient_norm")
+                   .Register(registry)
+                   .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      generation_(BuildGauge()
+                      .Name("gnc_job_generation")
+                      .Help("Generation of the job: incremented by every restore and rewind")
+                      .Register(registry)
+                      .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      diverged_(BuildGauge()
+                    .Name("gnc_diverged")
+                    .Help("1 once a step made w or v non-finite: the shard refuses training")
+                    .Register(registry)
+                    .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      rewinds_(BuildCounter()
+                   .Name("gnc_rewinds_total")
+                   .Help("Rewinds of the job applied on this shard")
+                   .Register(registry)
+                   .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      waiting_workers_(BuildGauge()
+                           .Name("gnc_waiting_workers")
+                           .Help("Workers the current step still waits for")
+                           .Register(registry)
+                           .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      step_wait_(BuildGauge()
+                     .Name("gnc_step_wait_seconds")
+                     .Help("How long the current step has waited for its workers")
+                     .Register(registry)
+                     .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      checkpoints_(BuildCounter()
+                       .Name("gnc_checkpoints_total")
+                       .Help("Checkpoints written")
+                       .Register(registry)
+                       .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      checkpoint_failures_(BuildCounter()
+                               .Name("gnc_checkpoint_failures_total")
+                               .Help("Checkpoints that could not be written")
+                               .Register(registry)
+                               .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      checkpoint_step_(BuildGauge()
+                           .Name("gnc_checkpoint_step")
+                           .Help("Step of the newest checkpoint written")
+                           .Register(registry)
+                           .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      checkpoint_time_(BuildGauge()
+                           .Name("gnc_checkpoint_timestamp_seconds")
+                           .Help("Unix time of the newest checkpoint written")
+                           .Register(registry)
+                           .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      checkpoint_duration_(BuildHistogram()
+                               .Name("gnc_checkpoint_duration_seconds")
+                               .Help("Time to write one checkpoint (in the background)")
+                               .Register(registry)
+                               .Add({{"shard", absl::StrCat(options.shard_index)}},
+                                    LatencyBuckets())) {
   BuildGauge()
       .Name("gnc_build_info")
       .Help("Build and configuration of this shard (value 1)")
@@ -151,7 +201,8 @@ ShardMetrics::ShardMetrics(prometheus::Registry& registry, const ShardMetricsOpt
       .Set(options.num_workers);
   OnMembership(0, 0);
   for (const char* reason :
-       {"non_finite", "bad_chunk", "bad_size", "future_step", "duplicate", "unknown_worker"}) {
+       {"non_finite", "bad_chunk", "bad_size", "bad_samples", "future_step", "duplicate",
+        "unknown_worker", "rewound", "diverged"}) {
     rejected_family_.Add({{"shard", absl::StrCat(options.shard_index)}, {"reason", reason}});
   }
 }
@@ -173,21 +224,35 @@ void ShardMetrics::OnStep(const StepReport& r) {
       }
     }
   }
-  double g2 = 0, trace = 0;
-  if (!NoiseEstimates(r.stats.mean_grad_sqnorm, r.stats.grad_sqnorm_mean, r.mean_samples,
-                      r.total_samples, &g2, &trace)) {
-    return;
-  }
-  grad_sqnorm_raw_.Set(g2);
-  noise_trace_raw_.Set(trace);
-  absl::MutexLock lock(&mu_);
-  const double beta = options_.noise_ema;
-  ema_g2_ = beta * ema_g2_ + (1 - beta) * g2;
-  ema_s_ = beta * ema_s_ + (1 - beta) * trace;
-  ema_weight_ = beta * ema_weight_ + (1 - beta);
-  grad_sqnorm_estimate_.Set(ema_g2_ / ema_weight_);
-  noise_trace_estimate_.Set(ema_s_ / ema_weight_);
+  if (r.clipped > 0) clipped_.Increment(r.clipped);
+  if (!r.has_estimates) return;
+  grad_sqnorm_raw_.Set(r.g2);
+  noise_trace_raw_.Set(r.trace);
+  grad_sqnorm_estimate_.Set(r.smoothed_g2);
+  noise_trace_estimate_.Set(r.smoothed_trace);
 }
+
+void ShardMetrics::OnJobState(const JobStateInfo& state) {
+  generation_.Set(static_cast<double>(state.job.generation));
+  diverged_.Set(state.diverged ? 1 : 0);
+  step_gauge_.Set(static_cast<double>(state.step));
+}
+
+void ShardMetrics::OnRewind() { rewinds_.Increment(); }
+
+void ShardMetrics::OnWaiting(int ranks, absl::Duration waited) {
+  waiting_workers_.Set(ranks);
+  step_wait_.Set(absl::ToDoubleSeconds(waited));
+}
+
+void ShardMetrics::OnCheckpointWritten(int64_t step, int64_t, absl::Duration took) {
+  checkpoints_.Increment();
+  checkpoint_step_.Set(static_cast<double>(step));
+  checkpoint_time_.Set(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+  checkpoint_duration_.Observe(absl::ToDoubleSeconds(took));
+}
+
+void ShardMetrics::OnCheckpointFailed(const absl::Status&) { checkpoint_failures_.Increment(); }
 
 void ShardMetrics::OnRejected(std::string_view reason) {
   rejected_family_

@@ -8,13 +8,12 @@
 #include <string>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
+#include "server/checkpoint.h"
 #include "server/shard_core.h"
 
 namespace gnc {
@@ -23,8 +22,6 @@ struct ShardMetricsOptions {
   int shard_index = 0;
   std::string mode = "gnc";
   std::string device = "cpu";
-  // Smoothing factor of the bias-corrected EMAs of the noise estimators.
-  double noise_ema = 0.9;
   // Export gnc_worker_noise_sqnorm{shard,worker} = ||g_k - g_mean||^2 on this shard,
   // one series per worker (K series per shard, so off by default).
   bool per_worker_noise = false;
@@ -32,7 +29,7 @@ struct ShardMetricsOptions {
   int min_workers = 1;  // effective quorum setting (K when no quorum)
 };
 
-class ShardMetrics final : public ShardObserver {
+class ShardMetrics final : public ShardObserver, public CheckpointObserver {
  public:
   // REQUIRES: registry outlives this object.
   ShardMetrics(prometheus::Registry& registry, const ShardMetricsOptions& options);
@@ -43,6 +40,11 @@ class ShardMetrics final : public ShardObserver {
   void OnMembership(int connected, int finished) override;
   void OnGradientBytes(int64_t bytes) override;
   void OnSentBytes(int64_t bytes) override;
+  void OnJobState(const JobStateInfo& state) override;
+  void OnRewind() override;
+  void OnWaiting(int ranks, absl::Duration waited) override;
+  void OnCheckpointWritten(int64_t step, int64_t bytes, absl::Duration took) override;
+  void OnCheckpointFailed(const absl::Status& status) override;
 
  private:
   const ShardMetricsOptions options_;
@@ -65,19 +67,20 @@ class ShardMetrics final : public ShardObserver {
   prometheus::Gauge& step_gauge_;
   prometheus::Gauge& contributors_;
   prometheus::Gauge& global_batch_;
+  prometheus::Counter& clipped_;
+  prometheus::Gauge& generation_;
+  prometheus::Gauge& diverged_;
+  prometheus::Counter& rewinds_;
+  prometheus::Gauge& waiting_workers_;
+  prometheus::Gauge& step_wait_;
+  prometheus::Counter& checkpoints_;
+  prometheus::Counter& checkpoint_failures_;
+  prometheus::Gauge& checkpoint_step_;
+  prometheus::Gauge& checkpoint_time_;
+  prometheus::Histogram& checkpoint_duration_;
   // One gauge per worker rank when per_worker_noise, created with the family.
   std::vector<prometheus::Gauge*> worker_noise_;
-
-  absl::Mutex mu_;
-  double ema_g2_ ABSL_GUARDED_BY(mu_) = 0;
-  double ema_s_ ABSL_GUARDED_BY(mu_) = 0;
-  double ema_weight_ ABSL_GUARDED_BY(mu_) = 0;  // 1 - beta^n, for bias correction
 };
-
-// NoiseEstimates: DESIGN section 4's unbiased estimators from one step's partials.
-// Returns false (and leaves outputs alone) when B <= b, i.e. a single contributor.
-bool NoiseEstimates(double mean_grad_sqnorm, double grad_sqnorm_mean, double b, double B,
-                    double* g2, double* trace);
 
 }  // namespace gnc
 

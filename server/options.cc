@@ -92,7 +92,13 @@ absl::Status ShardOptions::Validate() const {
     return bad("step decay needs lr_step_every >= 1");
   }
   if (lr.min_lr < 0 || lr.min_lr > lr.peak) return bad("min_lr must be in [0, lr]");
+  if (!(max_gradient_norm >= 0) || !std::isfinite(max_gradient_norm)) {
+    return bad("max_gradient_norm must be finite and >= 0, got ", max_gradient_norm);
+  }
   if (straggler_timeout <= absl::ZeroDuration()) return bad("straggler_timeout must be > 0");
+  if (!(noise_ema >= 0 && noise_ema < 1)) return bad("noise_ema must be in [0, 1), got ", noise_ema);
+  if (checkpoint_every < 0) return bad("checkpoint_every must be >= 0, got ", checkpoint_every);
+  if (stall_report_after <= absl::ZeroDuration()) return bad("stall_report_after must be > 0");
   return absl::OkStatus();
 }
 
@@ -116,6 +122,7 @@ uint64_t ShardOptions::ConfigHash() const {
   h.AddInt(lr.step_every);
   h.AddDouble(lr.step_gamma);
   h.AddInt(static_cast<int64_t>(seed));
+  if (max_gradient_norm > 0) h.AddDouble(max_gradient_norm);  // old hashes stay valid
   return h.value();
 }
 

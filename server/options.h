@@ -50,13 +50,22 @@ struct ShardOptions {
   double weight_decay = 0.0;
   LrSchedule lr;
   uint64_t seed = 1;                     // isotropic noise
+  // Each worker's gradient is scaled down to this L2 norm on this shard when longer;
+  // 0 = no clipping.
+  double max_gradient_norm = 0.0;
+
+  // Per-shard operational settings, outside the config hash.
   absl::Duration straggler_timeout = absl::Seconds(30);
+  double noise_ema = 0.9;           // EMA factor of the noise estimators, in [0, 1)
+  int64_t checkpoint_every = 0;     // steps between checkpoints; 0 = none (but w0)
+  // A step waiting longer than this is reported (log line, metrics) as stalled.
+  absl::Duration stall_report_after = absl::Seconds(30);
 
   int EffectiveMinWorkers() const { return min_workers > 0 ? min_workers : num_workers; }
   // Validate: INVALID_ARGUMENT naming the bad setting.
   absl::Status Validate() const;
-  // ConfigHash: stable hash of every job-wide setting (not shard_index, not the
-  // straggler timeout, which operators may tune per shard).
+  // ConfigHash: stable hash of every job-wide setting (not shard_index, nor the
+  // operational settings below seed's, which operators may tune per shard).
   uint64_t ConfigHash() const;
 };
 

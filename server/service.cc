@@ -25,6 +25,16 @@ grpc::Status Invalid(std::string message) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(message));
 }
 
+void JobStateToProto(const JobStateInfo& info, v1::JobState* out) {
+  out->set_initialized(info.initialized);
+  out->set_job_id(info.job.job_id);
+  out->set_generation(info.job.generation);
+  out->set_step(info.step);
+  for (int64_t s : info.rewind_steps) out->add_rewind_steps(s);
+  out->set_diverged(info.diverged);
+  out->set_restored(info.restored);
+}
+
 }  // namespace
 
 absl::StatusOr<ModelLayout> LayoutFromProto(const v1::ModelLayout& proto) {
@@ -56,6 +66,7 @@ grpc::Status ParameterShardService::Join(grpc::ServerContext*, const v1::JoinReq
   args.layout = *std::move(layout);
   args.local_batch_size = req->local_batch_size();
   args.config_hash = req->config_hash();
+  args.job_id = req->job_id();
   absl::StatusOr<JoinInfo> info = core_->Join(args);
   if (!info.ok()) return ToGrpcStatus(info.status());
   resp->set_shard_begin(info->range.begin);
@@ -63,7 +74,8 @@ grpc::Status ParameterShardService::Join(grpc::ServerContext*, const v1::JoinReq
   resp->set_needs_parameters(info->needs_parameters);
   resp->set_config_hash(info->config_hash);
   resp->set_layout_hash(info->layout_hash);
-  resp->set_step(info->step);
+  resp->set_step(info->job.step);
+  JobStateToProto(info->job, resp->mutable_job());
   resp->set_mode(ModeToProto(core_->options().mode));
   resp->set_total_steps(core_->options().lr.total_steps);
   return grpc::Status::OK;
@@ -75,6 +87,7 @@ grpc::Status ParameterShardService::OfferParameters(
   v1::OfferParametersRequest req;
   if (!reader->Read(&req)) return Invalid("offer stream carried no chunk");
   const int rank = req.rank();
+  const uint64_t job_id = req.job_id();
   absl::StatusOr<int64_t> size = core_->ShardSize();
   if (!size.ok()) return ToGrpcStatus(size.status());
   std::vector<float> values(*size);
@@ -100,29 +113,41 @@ grpc::Status ParameterShardService::OfferParameters(
     return Invalid(absl::StrCat("offer ended after ", next, " of ", *size,
                                 " elements without a chunk marked last"));
   }
-  absl::StatusOr<bool> accepted = core_->OfferParameters(rank, std::move(values));
-  if (!accepted.ok()) return ToGrpcStatus(accepted.status());
-  resp->set_accepted(*accepted);
+  absl::StatusOr<OfferResult> result = core_->OfferParameters(rank, job_id, std::move(values));
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  resp->set_accepted(result->accepted);
+  resp->set_job_id(result->job_id);
   return grpc::Status::OK;
 }
 
-absl::StatusOr<int64_t> ParameterShardService::SendEvalPoint(grpc::ServerContext* ctx,
-                                                             TrainStream* stream, int rank) {
+absl::StatusOr<PointTag> ParameterShardService::SendEvalPoint(grpc::ServerContext* ctx,
+                                                              TrainStream* stream, int rank,
+                                                              uint64_t session,
+                                                              const PointTag& sent) {
   absl::StatusOr<int64_t> size = core_->ShardSize();
   if (!size.ok()) return size.status();
   v1::TrainResponse resp;
+  PointTag last = sent;
   while (true) {
-    const int64_t step = core_->GetStatus().step;
+    absl::StatusOr<PointTag> tag =
+        core_->WaitForPoint(rank, session, last, absl::Milliseconds(200));
+    if (absl::IsDeadlineExceeded(tag.status())) {
+      if (ctx->IsCancelled()) return absl::CancelledError("client went away");
+      continue;
+    }
+    if (!tag.ok()) return tag.status();
     bool moved_on = false;
     for (int64_t offset = 0; offset < *size; offset += kDefaultChunkElements) {
       const int64_t count = std::min(kDefaultChunkElements, *size - offset);
       v1::TrainResponse::EvalPoint* point = resp.mutable_eval_point();
-      point->set_step(step);
+      point->set_step(tag->step);
+      point->set_job_id(tag->job.job_id);
+      point->set_generation(tag->job.generation);
       v1::Chunk* chunk = point->mutable_chunk();
       chunk->set_offset(offset);
       chunk->set_last(offset + count == *size);
       absl::Status s = core_->ReadEvalPoint(
-          rank, step, offset, count,
+          rank, *tag, offset, count,
           [chunk](std::span<const float> w, std::span<const float> delta) {
             return EncodeChunk(w, delta, v1::FLOAT32, chunk);
           });
@@ -134,18 +159,8 @@ absl::StatusOr<int64_t> ParameterShardService::SendEvalPoint(grpc::ServerContext
       if (!stream->Write(resp)) return absl::CancelledError("client went away");
       CountSent(*chunk);
     }
-    if (!moved_on) return step;
-    if (ctx->IsCancelled()) return absl::CancelledError("client went away");
-  }
-}
-
-absl::Status ParameterShardService::AwaitStep(grpc::ServerContext* ctx, int rank,
-                                              uint64_t session, int64_t after_step) {
-  while (true) {
-    absl::StatusOr<int64_t> step =
-        core_->WaitForStep(rank, session, after_step, absl::Milliseconds(200));
-    if (step.ok()) return absl::OkStatus();
-    if (!absl::IsDeadlineExceeded(step.status())) return step.status();
+    if (!moved_on) return *tag;
+    last = PointTag();  // whatever is current now
     if (ctx->IsCancelled()) return absl::CancelledError("client went away");
   }
 }
@@ -164,7 +179,9 @@ grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream*
     ~Closer() { core->CloseStream(rank, session); }
   } closer{core_, rank, *session};
 
-  absl::StatusOr<int64_t> sent = SendEvalPoint(ctx, stream, rank);
+  // A restarted worker whose gradient for the current step is already in gets the
+  // next step's point: SendEvalPoint waits for it.
+  absl::StatusOr<PointTag> sent = SendEvalPoint(ctx, stream, rank, *session, PointTag());
   if (!sent.ok()) return ToGrpcStatus(sent.status());
 
   std::vector<float> scratch;
@@ -179,6 +196,7 @@ grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream*
     GradientChunk chunk;
     chunk.rank = rank;
     chunk.session = *session;
+    chunk.generation = g.generation();
     chunk.step = g.step();
     chunk.num_samples = g.num_samples();
     chunk.offset = g.chunk().offset();
@@ -194,7 +212,7 @@ grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream*
         (*outcome == PushOutcome::kContinue || *outcome == PushOutcome::kDropped)) {
       if (eval_after_attempt && chunk.last) {
         eval_after_attempt = false;
-        sent = SendEvalPoint(ctx, stream, rank);
+        sent = SendEvalPoint(ctx, stream, rank, *session, *sent);
         if (!sent.ok()) return ToGrpcStatus(sent.status());
       }
       continue;
@@ -209,8 +227,6 @@ grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream*
     if (!stream->Write(ack_msg)) return grpc::Status::OK;
     if (outcome.ok()) {
       // Accepted: the next evaluation point follows when the step completes.
-      absl::Status s = AwaitStep(ctx, rank, *session, chunk.step);
-      if (!s.ok()) return ToGrpcStatus(s);
     } else if (!absl::IsAborted(outcome.status())) {
       eval_after_attempt = false;
       continue;  // a bad gradient: the worker may send the step's gradient again
@@ -218,8 +234,8 @@ grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream*
       eval_after_attempt = true;  // late: the point follows the attempt's last chunk
       continue;
     }
-    // Accepted and completed, or late: the worker carries on with the current step.
-    sent = SendEvalPoint(ctx, stream, rank);
+    // Accepted, or late: the worker carries on with the next point due.
+    sent = SendEvalPoint(ctx, stream, rank, *session, *sent);
     if (!sent.ok()) return ToGrpcStatus(sent.status());
   }
   return grpc::Status::OK;
@@ -230,14 +246,16 @@ grpc::Status ParameterShardService::PullParameters(grpc::ServerContext*,
                                                    grpc::ServerWriter<v1::PullResponse>* writer) {
   if (!ElementSize(req->dtype()).ok()) return ToGrpcStatus(ElementSize(req->dtype()).status());
   std::vector<float> w;
-  int64_t step = 0;
-  absl::Status s = core_->Snapshot(&w, &step);
+  PointTag tag;
+  absl::Status s = core_->Snapshot(&w, &tag);
   if (!s.ok()) return ToGrpcStatus(s);
   const int64_t size = static_cast<int64_t>(w.size());
   v1::PullResponse resp;
+  resp.set_job_id(tag.job.job_id);
+  resp.set_generation(tag.job.generation);
   for (int64_t offset = 0; offset < size; offset += kDefaultChunkElements) {
     const int64_t count = std::min(kDefaultChunkElements, size - offset);
-    resp.set_step(step);
+    resp.set_step(tag.step);
     v1::Chunk* chunk = resp.mutable_chunk();
     chunk->set_offset(offset);
     chunk->set_last(offset + count == size);
@@ -264,16 +282,27 @@ grpc::Status ParameterShardService::GetStatus(grpc::ServerContext*, const v1::St
   resp->set_min_workers(o.EffectiveMinWorkers());
   resp->set_connected_workers(s.connected);
   resp->set_finished_workers(s.finished);
-  resp->set_step(s.step);
+  resp->set_step(s.job.step);
   resp->set_mode(ModeToProto(o.mode));
   resp->set_shard_begin(s.range.begin);
   resp->set_shard_end(s.range.end);
-  resp->set_initialized(s.initialized);
+  resp->set_initialized(s.job.initialized);
   resp->set_config_hash(o.ConfigHash());
   resp->set_layout_hash(s.layout_hash);
   resp->set_learning_rate(s.lr);
   resp->set_total_steps(o.lr.total_steps);
   resp->set_draining(s.draining);
+  JobStateToProto(s.job, resp->mutable_job());
+  for (int r : s.waiting_for) resp->add_waiting_for_ranks(r);
+  resp->set_waiting_seconds(absl::ToDoubleSeconds(s.waited));
+  return grpc::Status::OK;
+}
+
+grpc::Status ParameterShardService::Rewind(grpc::ServerContext*, const v1::RewindRequest* req,
+                                           v1::JobState* resp) {
+  absl::StatusOr<JobStateInfo> info = core_->Rewind(req->job_id(), req->step(), req->generation());
+  if (!info.ok()) return ToGrpcStatus(info.status());
+  JobStateToProto(*info, resp);
   return grpc::Status::OK;
 }
 

@@ -37,16 +37,17 @@ class ParameterShardService final : public v1::ParameterShard::Service {
                      v1::LeaveResponse* resp) override;
   grpc::Status GetStatus(grpc::ServerContext* ctx, const v1::StatusRequest* req,
                          v1::StatusResponse* resp) override;
+  grpc::Status Rewind(grpc::ServerContext* ctx, const v1::RewindRequest* req,
+                      v1::JobState* resp) override;
 
  private:
   using TrainStream = grpc::ServerReaderWriter<v1::TrainResponse, v1::TrainRequest>;
 
-  // SendEvalPoint: streams x_rank for the current step (restarting if the step moves
-  // on mid-way). Returns the step sent, or the error that ended the stream.
-  absl::StatusOr<int64_t> SendEvalPoint(grpc::ServerContext* ctx, TrainStream* stream, int rank);
-  // AwaitStep: waits until the step passes after_step, watching for cancellation.
-  absl::Status AwaitStep(grpc::ServerContext* ctx, int rank, uint64_t session,
-                         int64_t after_step);
+  // SendEvalPoint: waits until a point other than `sent` is due for this rank, then
+  // streams it (restarting if the step moves on mid-way). Returns the tag sent, or
+  // the error that ended the stream.
+  absl::StatusOr<PointTag> SendEvalPoint(grpc::ServerContext* ctx, TrainStream* stream,
+                                         int rank, uint64_t session, const PointTag& sent);
 
   void CountSent(const v1::Chunk& chunk) {
     if (observer_ != nullptr) observer_->OnSentBytes(static_cast<int64_t>(chunk.data().size()));

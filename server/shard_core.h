@@ -1,14 +1,21 @@
-// ShardCore: one shard of a gnc job, free of gRPC. Owns the shard's parameters w,
-// momentum v, the step's gradients (K slots) and every worker's perturbation; runs
-// membership, the step barrier (BSP with a straggler timeout and quorum), the merge
-// and the optimizer through a MergeBackend.
+// ShardCore: one shard of a gnc job, free of gRPC and protobuf. Owns the shard's
+// ShardState (w, v, step, noise EMAs, job identity), the step's gradients (K slots)
+// and every worker's perturbation; runs membership, the step barrier (BSP with a
+// straggler timeout and quorum), the merge and the optimizer through a MergeBackend,
+// checkpoints through a CheckpointStore, and rewinds.
 //
 // Thread-safe: every method may be called from any thread. One internal mutex
 // guards all state; the merge runs under it (the step is a barrier anyway).
 //
-// Bad input never changes w, v, the step or any committed gradient: every refusal
-// happens before the state is touched, and a partial gradient lives in its worker's
-// slot, which the merge reads only once that gradient is complete.
+// Invariants:
+// - Bad input never changes w, v, the step or any committed gradient: every refusal
+//   happens before the state is touched, and a partial gradient lives in its worker's
+//   slot, which the merge reads only once that gradient is complete.
+// - A step whose update would make w or v non-finite is not applied: the shard is
+//   then "diverged" and refuses all training with FAILED_PRECONDITION; its state and
+//   its checkpoints stay those of the last good step.
+// - A gradient a worker completed for the current step is kept when its stream is
+//   superseded (a restarted worker): that worker's next point is the next step's.
 #ifndef GNC_SERVER_SHARD_CORE_H_
 #define GNC_SERVER_SHARD_CORE_H_
 
@@ -26,10 +33,30 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/layout.h"
+#include "server/checkpoint.h"
 #include "server/merge_backend.h"
 #include "server/options.h"
+#include "server/shard_state.h"
 
 namespace gnc {
+
+// PointTag: which evaluation point a message belongs to.
+struct PointTag {
+  JobIdentity job;
+  int64_t step = -1;  // -1: none
+
+  bool operator==(const PointTag&) const = default;
+};
+
+// JobStateInfo: where this shard's job stands (JobState on the wire).
+struct JobStateInfo {
+  bool initialized = false;
+  JobIdentity job;
+  int64_t step = 0;
+  std::vector<int64_t> rewind_steps;  // newest first
+  bool diverged = false;
+  bool restored = false;
+};
 
 // StepReport: what one completed step did, for metrics and logs.
 struct StepReport {
@@ -40,6 +67,12 @@ struct StepReport {
   double lr = 0;
   MergeStats stats;
   std::vector<int32_t> ranks;   // contributors' ranks, in the order of stats.noise_sqnorm
+  int clipped = 0;              // gradients scaled down to max_gradient_norm
+  // This step's noise estimates and their smoothed values; valid iff has_estimates
+  // (a step with one contributor has none).
+  bool has_estimates = false;
+  double g2 = 0, trace = 0;
+  double smoothed_g2 = 0, smoothed_trace = 0;
   absl::Duration merge_duration;
   absl::Duration step_duration;  // since the previous step completed
 };
@@ -50,12 +83,17 @@ class ShardObserver {
  public:
   virtual ~ShardObserver() = default;
   virtual void OnStep(const StepReport& report) {}
-  // reason: a short snake_case label (non_finite, bad_chunk, future_step, duplicate,
-  // unknown_worker, bad_size).
+  // reason: a short snake_case label (non_finite, bad_chunk, bad_samples,
+  // future_step, duplicate, unknown_worker, bad_size, rewound, diverged).
   virtual void OnRejected(std::string_view reason) {}
   virtual void OnLate() {}
   virtual void OnMembership(int connected, int finished) {}
   virtual void OnGradientBytes(int64_t bytes) {}
+  // The job's identity, step or divergence changed (init, restore, rewind, diverge).
+  virtual void OnJobState(const JobStateInfo& state) {}
+  virtual void OnRewind() {}
+  // Ranks the current step waits for and for how long (updated by CheckDeadline).
+  virtual void OnWaiting(int ranks, absl::Duration waited) {}
   // Parameter payload sent to workers (called by the transport, not the core).
   virtual void OnSentBytes(int64_t bytes) {}
 };
@@ -68,6 +106,7 @@ struct JoinArgs {
   ModelLayout layout;
   int64_t local_batch_size = 0;
   uint64_t config_hash = 0;  // 0 = not pinned
+  uint64_t job_id = 0;       // the job the worker already belongs to; 0 = none
 };
 
 struct JoinInfo {
@@ -75,13 +114,19 @@ struct JoinInfo {
   bool needs_parameters = false;
   uint64_t config_hash = 0;
   uint64_t layout_hash = 0;
-  int64_t step = 0;
+  JobStateInfo job;
+};
+
+struct OfferResult {
+  bool accepted = false;  // this offer initialised the shard
+  uint64_t job_id = 0;    // the shard's job id after the call
 };
 
 // GradientChunk: one piece of a worker's gradient, already decoded.
 struct GradientChunk {
   int rank = 0;
   uint64_t session = 0;
+  int64_t generation = 0;
   int64_t step = 0;
   int64_t num_samples = 0;
   int64_t offset = 0;  // element offset within the shard
@@ -100,102 +145,125 @@ enum class PushOutcome {
 };
 
 struct ShardStatus {
-  int64_t step = 0;
   int connected = 0;
   int finished = 0;
-  bool initialized = false;
   bool draining = false;
   ShardRange range;
   uint64_t layout_hash = 0;
   double lr = 0;
+  JobStateInfo job;
+  std::vector<int> waiting_for;  // ranks the current step still waits for
+  absl::Duration waited;         // since the current step began
 };
 
 class ShardCore {
  public:
   using ClockFn = std::function<absl::Time()>;
 
-  // REQUIRES: options.Validate().ok(); backend non-null. observer may be null and
-  // must outlive the core. clock defaults to absl::Now.
+  // REQUIRES: options.Validate().ok(); backend non-null. observer and checkpoints may
+  // be null and must outlive the core. clock defaults to absl::Now.
   ShardCore(ShardOptions options, std::unique_ptr<MergeBackend> backend,
-            ShardObserver* observer = nullptr, ClockFn clock = nullptr);
+            ShardObserver* observer = nullptr, ClockFn clock = nullptr,
+            CheckpointStore* checkpoints = nullptr);
 
   const ShardOptions& options() const { return options_; }
 
+  // RestoreNewest: before serving, takes the newest checkpoint that still verifies
+  // (older ones when a newer fails) and increments its generation. OK with no
+  // checkpoint store or no usable file (the shard starts blank). The first Join may
+  // still swap it for an older one if it belongs to another layout or job.
+  absl::Status RestoreNewest();
+
   // Join: registers `args.rank`. Fixes the layout on the first call.
   // Errors: INVALID_ARGUMENT (rank, batch), FAILED_PRECONDITION (K, S, shard index,
-  // layout or config hash mismatch), UNAVAILABLE (draining).
+  // layout, config hash or job id mismatch), UNAVAILABLE (draining).
   absl::StatusOr<JoinInfo> Join(const JoinArgs& args);
 
   // ShardSize: elements owned by this shard; FAILED_PRECONDITION before any join.
   absl::StatusOr<int64_t> ShardSize() const;
 
-  // OfferParameters: initial w. Returns true if it initialised the shard, false if
-  // the shard already was (the offer is discarded).
+  // OfferParameters: initial w, founding job `job_id` when it initialises the shard.
+  // An offer to an initialised shard is size-checked and discarded.
   // Errors: NOT_FOUND / FAILED_PRECONDITION (rank not joined), INVALID_ARGUMENT
-  // (size differs from the shard's, non-finite value).
-  absl::StatusOr<bool> OfferParameters(int rank, std::vector<float> values);
+  // (size differs from the shard's, non-finite value, job id 0).
+  absl::StatusOr<OfferResult> OfferParameters(int rank, uint64_t job_id,
+                                              std::vector<float> values);
 
   // OpenStream: rank's Train stream starts; a newer stream supersedes an older one
   // (a restarted worker). Returns the session id to pass to the calls below.
-  // Errors: NOT_FOUND, FAILED_PRECONDITION (not joined, not initialised), UNAVAILABLE.
+  // Errors: NOT_FOUND, FAILED_PRECONDITION (not joined, not initialised, diverged),
+  // UNAVAILABLE (draining).
   absl::StatusOr<uint64_t> OpenStream(int rank);
   // CloseStream: the stream ended; its partial gradient is discarded and the barrier
-  // stops waiting for the worker. A stale session is ignored.
+  // stops waiting for the worker (under a quorum). A stale session is ignored.
   void CloseStream(int rank, uint64_t session);
 
-  // WaitForStep: blocks until the shard's step is > after_step, up to max_wait.
-  // Returns the current step. Errors: DEADLINE_EXCEEDED (max_wait passed; call again),
-  // CANCELLED (session superseded), UNAVAILABLE (draining).
-  absl::StatusOr<int64_t> WaitForStep(int rank, uint64_t session, int64_t after_step,
-                                      absl::Duration max_wait);
+  // WaitForPoint: the tag of the evaluation point this stream should send next, once
+  // it differs from `sent` and this rank has no gradient in for the current step;
+  // blocks up to max_wait. Errors: DEADLINE_EXCEEDED (call again), CANCELLED (session
+  // superseded), UNAVAILABLE (draining), FAILED_PRECONDITION (diverged).
+  absl::StatusOr<PointTag> WaitForPoint(int rank, uint64_t session, const PointTag& sent,
+                                        absl::Duration max_wait);
 
   // EvalPointSink: receives w and delta for a range (delta empty when x = w); it
   // runs under the core's reader lock, so it should only encode.
   using EvalPointSink =
       absl::FunctionRef<absl::Status(std::span<const float> w, std::span<const float> delta)>;
-  // ReadEvalPoint: elements [offset, offset+count) of x_rank at `step`, passed to sink.
-  // Errors: ABORTED (step is no longer current: start over with the new one),
+  // ReadEvalPoint: elements [offset, offset+count) of x_rank at `tag`, passed to sink.
+  // Errors: ABORTED (tag is no longer current: start over with the new one),
   // INVALID_ARGUMENT (range), and whatever sink returns.
-  absl::Status ReadEvalPoint(int rank, int64_t step, int64_t offset, int64_t count,
+  absl::Status ReadEvalPoint(int rank, const PointTag& tag, int64_t offset, int64_t count,
                              EvalPointSink sink) const;
 
   // PushGradient: stores one chunk. Chunks of one gradient come in offset order;
   // offset 0 starts a new attempt. After a refusal the rest of that attempt is
   // dropped silently, so the worker hears exactly one verdict per attempt.
   // Errors (each counted): CANCELLED (session superseded: end the stream),
-  // ABORTED (step already completed: late), FAILED_PRECONDITION
-  // (step not started yet), ALREADY_EXISTS (gradient already accepted for the step),
-  // INVALID_ARGUMENT (gap, duplicate chunk, range, sample count, non-finite value,
-  // early last chunk).
+  // ABORTED (step already completed, or an older generation: late), FAILED_PRECONDITION
+  // (step not started yet, diverged), ALREADY_EXISTS (gradient already accepted for
+  // the step), INVALID_ARGUMENT (gap, duplicate chunk, range, sample count outside
+  // [1, the batch declared at Join], non-finite value, early last chunk).
   absl::StatusOr<PushOutcome> PushGradient(const GradientChunk& chunk);
 
   // Leave: rank is done; the barrier stops waiting for it. Idempotent.
   absl::Status Leave(int rank);
 
+  // Rewind: moves the shard to `step` of its timeline at `generation` (see the
+  // proto's Rewind). A generation not above the shard's is a no-op returning the
+  // state. Errors: FAILED_PRECONDITION (job id, not initialised, diverged, step not
+  // among rewind_steps or its checkpoint no longer verifies), UNAVAILABLE (draining).
+  absl::StatusOr<JobStateInfo> Rewind(uint64_t job_id, int64_t step, int64_t generation);
+
   // CheckDeadline: completes the step if the straggler timeout has passed and the
-  // quorum is in. Call periodically.
+  // quorum is in; reports (log, observer) a step that waits too long. Call often.
   void CheckDeadline();
 
-  // Snapshot: copy of w and its step. FAILED_PRECONDITION if not initialised.
-  absl::Status Snapshot(std::vector<float>* w, int64_t* step) const;
+  // Snapshot: copy of w and its tag. FAILED_PRECONDITION if not initialised.
+  absl::Status Snapshot(std::vector<float>* w, PointTag* tag) const;
 
   ShardStatus GetStatus() const;
 
-  // Drain: refuse new joins and streams, wake every waiter with UNAVAILABLE.
+  // Drain: refuse new joins and streams, wake every waiter with UNAVAILABLE, and hand
+  // the current state to the checkpoint store (see CheckpointStore::Flush).
   void Drain();
-  // AllFinished: every worker has called Leave.
-  bool AllFinished() const;
+  // Done: the job needs this shard no more: every worker has left, or some have and
+  // the rest are gone (no open stream) with the job at or past its total_steps.
+  bool Done() const;
 
  private:
   struct Worker {
     bool joined = false;
     bool ever_connected = false;
     bool finished = false;
-    uint64_t session = 0;  // 0 = no open stream
+    int64_t local_batch = 0;  // declared at Join: the bound on num_samples
+    uint64_t session = 0;     // 0 = no open stream
+    absl::Time since;         // connected or disconnected since
+    absl::Time last_heard;    // last gradient chunk
     // The gradient being received.
     std::vector<float> grad;
     int64_t expected_offset = 0;
     int64_t attempt_samples = 0;
+    double attempt_sqnorm = 0;
     bool poisoned = false;
     bool committed = false;  // complete gradient for the current step
     // delta for the current step's evaluation point; valid iff has_delta.
@@ -206,30 +274,49 @@ class ShardCore {
   absl::Status CheckRank(int rank) const;
   absl::Status Refuse(Worker& w, std::string_view reason, absl::Status status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  PointTag Tag() const ABSL_SHARED_LOCKS_REQUIRED(mu_) { return {state_.job, state_.step}; }
+  JobStateInfo JobInfo() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  absl::Status DivergedError() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   int Quorum() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<int> WaitingFor() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   void TryCompleteStep(bool deadline_passed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CompleteStep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReportMembership() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adopt: makes `state` (loaded from a checkpoint) the shard's; false (logged) when
+  // it does not fit this shard.
+  bool Adopt(ShardState state, const std::string& from) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Rebind: the first Join found the restored state of another layout or job: take
+  // the newest older checkpoint that matches, or start blank.
+  void Rebind(uint64_t layout_hash, uint64_t job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ResetStep: forget the current step's gradients and every perturbation.
+  void ResetStep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Checkpoint() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ShardOptions options_;
   const std::unique_ptr<MergeBackend> backend_;
   ShardObserver* const observer_;
   const ClockFn clock_;
+  CheckpointStore* const checkpoints_;
 
   mutable absl::Mutex mu_;
   bool has_layout_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t layout_hash_ ABSL_GUARDED_BY(mu_) = 0;
+  bool bound_ ABSL_GUARDED_BY(mu_) = false;  // a Join has accepted the layout
   ShardRange range_ ABSL_GUARDED_BY(mu_);
   bool initialized_ ABSL_GUARDED_BY(mu_) = false;
+  bool restored_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<float> w_ ABSL_GUARDED_BY(mu_);
-  std::vector<float> v_ ABSL_GUARDED_BY(mu_);
-  int64_t step_ ABSL_GUARDED_BY(mu_) = 0;
+  bool diverged_ ABSL_GUARDED_BY(mu_) = false;
+  ShardState state_ ABSL_GUARDED_BY(mu_);
+  std::vector<float> w_next_ ABSL_GUARDED_BY(mu_);  // the merge's output buffers
+  std::vector<float> v_next_ ABSL_GUARDED_BY(mu_);
+  int64_t checkpointed_step_ ABSL_GUARDED_BY(mu_) = -1;
   std::vector<Worker> workers_ ABSL_GUARDED_BY(mu_);
   uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
   absl::Time deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   absl::Time last_step_time_ ABSL_GUARDED_BY(mu_);
-  absl::CondVar step_cv_;
+  absl::Time step_began_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_stall_report_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::CondVar changed_;
 };
 
 }  // namespace gnc

@@ -20,6 +20,16 @@
 // Thread-compatible: one thread drives a client; internally each call fans out to
 // one thread per shard. Every server error comes back as a Status carrying the
 // server's code and message, prefixed with the shard it came from.
+//
+// Failures (DESIGN section 6). Every wait ends: a call that sees no progress for
+// options.step_timeout returns DEADLINE_EXCEEDED naming the shards and the ranks they
+// wait for. When a shard's stream fails, the client cancels its other waits,
+// reconnects with exponential backoff for up to options.reconnect_timeout, and looks
+// at every shard's job (id, generation, step): it carries on, rewinds the job to the
+// newest step every shard holds (a restarted shard restores a checkpoint), or fails
+// with FAILED_PRECONDITION naming each shard and its step. It never combines
+// evaluation points of different jobs or generations. After a rewind the next
+// ReceiveEvalPoint returns the rewound step, which may be lower than the last.
 #ifndef GNC_WORKER_CLIENT_H_
 #define GNC_WORKER_CLIENT_H_
 
@@ -45,10 +55,17 @@ struct ClientOptions {
   uint64_t config_hash = 0;  // 0 = accept shard 0's config (others must match it)
   // How long Connect keeps retrying shards that are not up yet.
   absl::Duration connect_timeout = absl::Seconds(60);
+  // How long a broken stream is retried (exponential backoff) before the call fails.
+  absl::Duration reconnect_timeout = absl::Minutes(2);
+  // The longest any call waits for the job to make progress (a step to complete, a
+  // gradient to be acknowledged) before it fails with DEADLINE_EXCEEDED.
+  absl::Duration step_timeout = absl::Minutes(10);
 };
 
 // JobInfo: what the shards told this worker on join.
 struct JobInfo {
+  uint64_t job_id = 0;      // 0 until the job's parameters exist
+  int64_t generation = 0;   // incremented by every restore and rewind
   uint64_t config_hash = 0;
   uint64_t layout_hash = 0;
   int64_t total_steps = 0;  // 0 = not fixed by the servers
@@ -61,14 +78,17 @@ class GncClient {
   virtual ~GncClient() = default;
 
   // Connect: opens channels and joins every shard. Retries UNAVAILABLE (shard not up)
-  // until options.connect_timeout. Errors: the first shard's refusal (INVALID_ARGUMENT,
-  // FAILED_PRECONDITION, ...), DEADLINE_EXCEEDED if a shard never answered,
-  // FAILED_PRECONDITION if shards disagree on the config.
+  // until options.connect_timeout. A running job is joined as it is (rewound first
+  // when its shards disagree, e.g. after restores). Errors: the first shard's refusal
+  // (INVALID_ARGUMENT, FAILED_PRECONDITION, ...), DEADLINE_EXCEEDED if a shard never
+  // answered, FAILED_PRECONDITION if shards disagree on the config or the job cannot
+  // go on without a mixed model (a shard came back blank while the job has started).
   static absl::StatusOr<std::unique_ptr<GncClient>> Connect(const ClientOptions& options);
 
   virtual const JobInfo& job() const = 0;
 
-  // OfferParameters: offers w0 (the full flat vector) to every shard that has none yet.
+  // OfferParameters: offers w0 (the full flat vector) to every shard that has none yet:
+  // shard 0 first, which fixes the job id, then the others with that id.
   // REQUIRES: params.size() == layout.NumElements().
   virtual absl::Status OfferParameters(std::span<const float> params) = 0;
 
@@ -81,8 +101,10 @@ class GncClient {
   // PushGradient: sends g (full flat vector, taken at the last evaluation point) with
   // its sample count to every shard and waits for each shard's verdict.
   // Returns OK if every shard accepted; ABORTED if some shard had already completed the
-  // step without this worker (carry on: the next ReceiveEvalPoint has the new step);
-  // otherwise the first shard's error (e.g. INVALID_ARGUMENT for a non-finite value).
+  // step without this worker, or the job was rewound meanwhile (carry on: the next
+  // ReceiveEvalPoint has the step to work on); otherwise the first shard's error (e.g.
+  // INVALID_ARGUMENT for a non-finite value, FAILED_PRECONDITION once a shard
+  // diverged, DEADLINE_EXCEEDED after step_timeout).
   virtual absl::Status PushGradient(std::span<const float> g, int64_t num_samples) = 0;
 
   // Pull: the unperturbed parameters w (full flat vector) into w. Returns the step of

@@ -57,6 +57,15 @@ ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(60),
           "How long to keep retrying shards that are not up yet");
 ABSL_FLAG(int64_t, train_limit, 0, "Use only the first N training images (0 = all)");
 ABSL_FLAG(int64_t, test_limit, 0, "Use only the first N test images (0 = all)");
+ABSL_FLAG(absl::Duration, step_timeout, absl::Minutes(10),
+          "Exit 1, naming the missing shards or ranks, when the job makes no progress "
+          "for this long");
+ABSL_FLAG(absl::Duration, reconnect_timeout, absl::Minutes(2),
+          "How long to keep reconnecting to a shard whose stream failed (a restarting "
+          "shard) before giving up");
+ABSL_FLAG(std::string, save_params, "",
+          "At the end, write the unperturbed parameters w here as raw little-endian "
+          "float32 in layout order");
 ABSL_FLAG(bool, check_config, false,
           "Validate the flags and exit (0 if valid) without connecting or reading data");
 
@@ -141,6 +150,11 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
   if (absl::GetFlag(FLAGS_connect_timeout) <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--connect_timeout must be positive");
   }
+  if (absl::GetFlag(FLAGS_step_timeout) <= absl::ZeroDuration() ||
+      absl::GetFlag(FLAGS_reconnect_timeout) <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--step_timeout and --reconnect_timeout must be positive");
+  }
+  t.save_params = absl::GetFlag(FLAGS_save_params);
   c.train_limit = absl::GetFlag(FLAGS_train_limit);
   c.test_limit = absl::GetFlag(FLAGS_test_limit);
   if (c.train_limit < 0 || c.test_limit < 0) {
@@ -302,6 +316,8 @@ int Run(const WorkerConfig& config) {
   co.local_batch_size = t.batch_size;
   co.config_hash = config.config_hash;
   co.connect_timeout = absl::GetFlag(FLAGS_connect_timeout);
+  co.step_timeout = absl::GetFlag(FLAGS_step_timeout);
+  co.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout);
   absl::StatusOr<std::unique_ptr<GncClient>> client = GncClient::Connect(co);
   if (!client.ok()) {
     LogError("gnc-worker: connect to ", absl::StrJoin(config.servers, ","), ": ",

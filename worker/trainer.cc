@@ -34,6 +34,19 @@ uint64_t Mix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+// WriteFloats: v as raw little-endian float32, through a temporary file and a rename.
+absl::Status WriteFloats(const std::string& path, const std::vector<float>& v) {
+  const std::string temp = path + ".tmp";
+  std::FILE* f = std::fopen(temp.c_str(), "wb");
+  if (f == nullptr) return absl::UnavailableError(absl::StrCat("cannot create ", temp));
+  const bool written = std::fwrite(v.data(), sizeof(float), v.size(), f) == v.size();
+  if (std::fclose(f) != 0 || !written || std::rename(temp.c_str(), path.c_str()) != 0) {
+    std::remove(temp.c_str());
+    return absl::UnavailableError(absl::StrCat("cannot write the parameters to ", path));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<TrainPlan> PlanTraining(const TrainerOptions& options, int64_t train_count) {
@@ -161,6 +174,10 @@ absl::StatusOr<TrainSummary> Trainer::Run(GncClient& client) {
     const absl::Time t0 = absl::Now();
     absl::StatusOr<int64_t> received = client.ReceiveEvalPoint(x);
     if (!received.ok()) return Annotate(received.status(), "receive evaluation point");
+    if (*received < step) {
+      print_(absl::StrFormat("%s: the job was rewound to step %d (generation %d)", who,
+                             *received, client.job().generation));
+    }
     step = *received;
     const absl::Time t1 = absl::Now();
     if (metrics_ != nullptr) {
@@ -231,6 +248,14 @@ absl::StatusOr<TrainSummary> Trainer::Run(GncClient& client) {
     summary.test_accuracy = r->accuracy;
     summary.test_loss = r->loss;
     summary.final_step = at;
+  }
+  if (!options_.save_params.empty()) {
+    if (!summary.evaluated) {
+      w_.resize(static_cast<size_t>(shape_.NumParameters()));
+      absl::StatusOr<int64_t> pulled = client.Pull(w_);
+      if (!pulled.ok()) return Annotate(pulled.status(), "pull the final parameters");
+    }
+    if (absl::Status s = WriteFloats(options_.save_params, w_); !s.ok()) return s;
   }
   summary.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   print_(absl::StrFormat(

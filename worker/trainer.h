@@ -3,10 +3,12 @@
 // can run it against fakes.
 //
 // One step: ReceiveEvalPoint(x) -> stop once step >= total -> gradient at x on the
-// step's minibatch -> PushGradient (ABORTED = late: counted, training goes on). The
-// minibatch of step t is batch t % steps_per_epoch of epoch t / steps_per_epoch, so
-// a worker that was skipped stays aligned with the job. The evaluating worker pulls
-// the unperturbed w at every epoch boundary and at the end and tests it.
+// step's minibatch -> PushGradient (ABORTED = late or rewound: counted, training goes
+// on). The minibatch of step t is batch t % steps_per_epoch of epoch
+// t / steps_per_epoch (the epoch's order derived from the seed, the epoch and the
+// rank), so a worker that was skipped stays aligned with the job and a job rewound to
+// step t resumes exactly where step t first ran. The evaluating worker pulls the
+// unperturbed w at every epoch boundary and at the end and tests it.
 //
 // Thread-compatible: one thread runs a Trainer.
 #ifndef GNC_WORKER_TRAINER_H_
@@ -40,6 +42,9 @@ struct TrainerOptions {
   uint64_t seed = 1;      // w0 and the per-epoch shuffles
   bool evaluate = false;  // this worker tests w at epoch boundaries and at the end
   absl::Duration progress_interval = absl::Seconds(5);
+  // If set, the final unperturbed w is written here (raw little-endian float32 in
+  // layout order), written to a temporary file and renamed.
+  std::string save_params;
 };
 
 // TrainPlan: this rank's slice of the training set and the job length.

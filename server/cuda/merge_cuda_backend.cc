@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/cuda/cuda_memory.h"
 #include "common/cuda/cuda_status.h"
+#include "common/finite.h"
 #include "common/status_macros.h"
 #include "server/cuda/merge_kernels.h"
 #include "server/cuda/pinned_stager.h"
@@ -53,9 +54,10 @@ class CudaMergeBackend final : public MergeBackend {
 
   std::string Name() const override { return name_; }
 
-  absl::Status Merge(const MergeParams& p, const MergeInputs& in, std::span<float> w,
-                     std::span<float> v, std::span<const std::span<float>> deltas,
-                     MergeStats* stats) override;
+  absl::Status MergeInto(const MergeParams& p, const MergeInputs& in, std::span<const float> w,
+                         std::span<const float> v, std::span<float> w_out,
+                         std::span<float> v_out, std::span<const std::span<float>> deltas,
+                         MergeStats* stats) override;
 
  private:
   CudaMergeBackend() = default;
@@ -147,12 +149,14 @@ absl::Status CudaMergeBackend::Sums(int rows, int cols) {
   return absl::OkStatus();
 }
 
-absl::Status CudaMergeBackend::Merge(const MergeParams& p, const MergeInputs& in,
-                                     std::span<float> w, std::span<float> v,
-                                     std::span<const std::span<float>> deltas, MergeStats* stats) {
+absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs& in,
+                                         std::span<const float> w, std::span<const float> v,
+                                         std::span<float> w_out, std::span<float> v_out,
+                                         std::span<const std::span<float>> deltas,
+                                         MergeStats* stats) {
   const size_t num = in.grads.size();
   const size_t d = w.size();
-  GNC_RETURN_IF_ERROR(ValidateMergeInputs(in, w, v, deltas));
+  GNC_RETURN_IF_ERROR(ValidateMergeInputs(in, w, v, deltas, w_out.size(), v_out.size()));
   double total = 0;
   for (double n : in.num_samples) total += n;
   if (!(total > 0)) return absl::InvalidArgumentError("merge with no samples");
@@ -257,14 +261,16 @@ absl::Status CudaMergeBackend::Merge(const MergeParams& p, const MergeInputs& in
   }
 
   std::vector<cuda::DeviceToHost> down;
-  down.push_back({w_.data(), w.data(), d * sizeof(float)});
-  down.push_back({v_.data(), v.data(), d * sizeof(float)});
+  down.push_back({w_.data(), w_out.data(), d * sizeof(float)});
+  down.push_back({v_.data(), v_out.data(), d * sizeof(float)});
   if (p.mode != SmoothingMode::kNone) {
     for (size_t k = 0; k < num; ++k) {
       down.push_back({deltas_.data() + k * stride_, deltas[k].data(), d * sizeof(float)});
     }
   }
-  return stager_->Download(down);
+  GNC_RETURN_IF_ERROR(stager_->Download(down));
+  stats->finite = FindNonFinite(w_out) < 0 && FindNonFinite(v_out) < 0;
+  return absl::OkStatus();
 }
 
 }  // namespace

@@ -18,6 +18,8 @@ using testing::RefConfig;
 using testing::RefMode;
 using testing::RefShard;
 
+constexpr uint64_t kJob = 0x600d;
+
 ModelLayout Layout(int64_t n) {
   return *ModelLayout::Create({TensorSpec{"a", {n - 1}}, TensorSpec{"b", {1}}});
 }
@@ -42,7 +44,7 @@ class Harness {
       JoinArgs a = Args(r);
       ASSERT_TRUE(core_.Join(a).ok());
     }
-    ASSERT_TRUE(*core_.OfferParameters(0, w0));
+    ASSERT_TRUE(core_.OfferParameters(0, kJob, w0)->accepted);
     for (int r = 0; r < core_.options().num_workers; ++r) {
       absl::StatusOr<uint64_t> s = core_.OpenStream(r);
       ASSERT_TRUE(s.ok()) << s.status();
@@ -62,6 +64,14 @@ class Harness {
   }
 
   uint64_t session(int rank) { return sessions_[rank]; }
+  int64_t Step() const { return core_.GetStatus().job.step; }
+
+  absl::Status Snapshot(std::vector<float>* w, int64_t* step) const {
+    PointTag tag;
+    absl::Status s = core_.Snapshot(w, &tag);
+    *step = tag.step;
+    return s;
+  }
 
   // Push: the whole gradient in chunks of `chunk` elements.
   absl::StatusOr<PushOutcome> Push(int rank, int64_t step, int64_t samples,
@@ -72,6 +82,7 @@ class Harness {
       GradientChunk c;
       c.rank = rank;
       c.session = sessions_[rank];
+      c.generation = core_.GetStatus().job.job.generation;
       c.step = step;
       c.num_samples = samples;
       c.offset = off;
@@ -86,7 +97,7 @@ class Harness {
   std::vector<float> EvalPoint(int rank, int64_t step) {
     std::vector<float> x(n_);
     absl::Status s = core_.ReadEvalPoint(
-        rank, step, 0, n_, [&](std::span<const float> w, std::span<const float> d) {
+        rank, PointTag{core_.GetStatus().job.job, step}, 0, n_, [&](std::span<const float> w, std::span<const float> d) {
           for (int64_t i = 0; i < n_; ++i) x[i] = w[i] + (d.empty() ? 0.0f : d[i]);
           return absl::OkStatus();
         });
@@ -98,7 +109,7 @@ class Harness {
   std::vector<float> State() {
     std::vector<float> all, w;
     int64_t step = 0;
-    EXPECT_TRUE(core_.Snapshot(&w, &step).ok());
+    EXPECT_TRUE(Snapshot(&w, &step).ok());
     all.push_back(static_cast<float>(step));
     all.insert(all.end(), w.begin(), w.end());
     for (int r = 0; r < core_.options().num_workers; ++r) {
@@ -159,13 +170,13 @@ TEST(ShardCoreTest, GncTwoStepsMatchReferenceElementByElement) {
       absl::StatusOr<PushOutcome> out = h.Push(r, step, static_cast<int64_t>(samples.at(r)), gk);
       ASSERT_TRUE(out.ok()) << out.status();
       EXPECT_EQ(*out, PushOutcome::kCommitted);
-      EXPECT_EQ(h.core().GetStatus().step, r < 2 ? step : step + 1);
+      EXPECT_EQ(h.Step(), r < 2 ? step : step + 1);
     }
     ref.Step(rc, step == 0 ? 0.1 : 0.2, rg, samples);
   }
   std::vector<float> w;
   int64_t step = 0;
-  ASSERT_TRUE(h.core().Snapshot(&w, &step).ok());
+  ASSERT_TRUE(h.Snapshot(&w, &step).ok());
   EXPECT_EQ(step, 2);
   for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(w[i], ref.w[i], 1e-6) << i;
   for (int r = 0; r < 3; ++r) {
@@ -193,7 +204,7 @@ TEST(ShardCoreTest, ModeNoneSendsUnperturbedPoint) {
   for (int r = 0; r < 3; ++r) ASSERT_TRUE(h.Push(r, 0, 4, {1.0f * r, 1, 1, 1, 1}).ok());
   std::vector<float> w;
   int64_t step;
-  ASSERT_TRUE(h.core().Snapshot(&w, &step).ok());
+  ASSERT_TRUE(h.Snapshot(&w, &step).ok());
   for (int r = 0; r < 3; ++r) EXPECT_TRUE(BitIdentical(h.EvalPoint(r, 1), w));
 }
 
@@ -287,7 +298,7 @@ TEST(ShardCoreTest, EveryRefusalLeavesStateBitIdentical) {
     EXPECT_EQ(out.status().code(), b.code) << b.what << ": " << out.status();
     EXPECT_FALSE(out.status().message().empty()) << b.what;
     EXPECT_TRUE(BitIdentical(h.State(), before)) << b.what;
-    EXPECT_EQ(h.core().GetStatus().step, 1) << b.what;
+    EXPECT_EQ(h.Step(), 1) << b.what;
   }
   // The rest of a refused attempt is dropped without a second verdict.
   ASSERT_FALSE(chunk(1, 1, 0, {nan, 1}, false).ok());
@@ -316,11 +327,11 @@ TEST(ShardCoreTest, EveryRefusalLeavesStateBitIdentical) {
   a.config_hash = h.core().options().ConfigHash();
   EXPECT_TRUE(h.core().Join(a).ok());  // idempotent re-join
   // Offers: wrong size, non-finite, and a second valid one that must be discarded.
-  EXPECT_EQ(h.core().OfferParameters(1, {1, 2}).status().code(),
+  EXPECT_EQ(h.core().OfferParameters(1, kJob, {1, 2}).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(h.core().OfferParameters(1, {1, 2, 3, nan, 5, 6}).status().code(),
+  EXPECT_EQ(h.core().OfferParameters(1, kJob, {1, 2, 3, nan, 5, 6}).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_FALSE(*h.core().OfferParameters(1, {9, 9, 9, 9, 9, 9}));
+  EXPECT_FALSE(h.core().OfferParameters(1, kJob, {9, 9, 9, 9, 9, 9})->accepted);
   EXPECT_TRUE(BitIdentical(h.State(), before));
 
   // After all that, valid gradients complete step 1 exactly as if nothing happened.
@@ -348,20 +359,20 @@ TEST(ShardCoreTest, StragglerTimeoutCompletesWithQuorumAndLateGradientIsAborted)
   ASSERT_TRUE(h.Push(1, 0, 1, {3, 3, 3, 3}).ok());
   clock.now += absl::Seconds(4);
   h.core().CheckDeadline();
-  EXPECT_EQ(h.core().GetStatus().step, 0);  // still waiting for rank 2
+  EXPECT_EQ(h.Step(), 0);  // still waiting for rank 2
   clock.now += absl::Seconds(2);
   h.core().CheckDeadline();
-  EXPECT_EQ(h.core().GetStatus().step, 1);
+  EXPECT_EQ(h.Step(), 1);
   std::vector<float> w;
   int64_t step;
-  ASSERT_TRUE(h.core().Snapshot(&w, &step).ok());
+  ASSERT_TRUE(h.Snapshot(&w, &step).ok());
   EXPECT_NEAR(w[0], -0.1 * 2.0, 1e-6);  // mean of the two, lr(0) = 0.1
   // The straggler's gradient for step 0 is late; it carries on from w (no delta).
   absl::StatusOr<PushOutcome> late = h.Push(2, 0, 1, {100, 100, 100, 100});
   EXPECT_EQ(late.status().code(), absl::StatusCode::kAborted);
   EXPECT_TRUE(BitIdentical(h.EvalPoint(2, 1), w));
   EXPECT_FALSE(BitIdentical(h.EvalPoint(0, 1), w));  // contributors are perturbed
-  ASSERT_TRUE(h.core().Snapshot(&w, &step).ok());
+  ASSERT_TRUE(h.Snapshot(&w, &step).ok());
   EXPECT_NEAR(w[0], -0.2, 1e-6);  // the late gradient changed nothing
 }
 
@@ -373,9 +384,9 @@ TEST(ShardCoreTest, QuorumIsNotEnoughBeforeTheTimeoutButDisconnectIs) {
   h.JoinAll({0, 0, 0, 0});
   ASSERT_TRUE(h.Push(0, 0, 1, {1, 1, 1, 1}).ok());
   ASSERT_TRUE(h.Push(1, 0, 1, {1, 1, 1, 1}).ok());
-  EXPECT_EQ(h.core().GetStatus().step, 0);
+  EXPECT_EQ(h.Step(), 0);
   h.core().CloseStream(2, h.session(2));  // worker 2 died
-  EXPECT_EQ(h.core().GetStatus().step, 1);
+  EXPECT_EQ(h.Step(), 1);
   EXPECT_EQ(h.core().GetStatus().connected, 2);
 }
 
@@ -390,7 +401,7 @@ TEST(ShardCoreTest, BelowQuorumWaitsEvenAfterTimeout) {
   h.core().CloseStream(2, h.session(2));
   clock.now += absl::Hours(1);
   h.core().CheckDeadline();
-  EXPECT_EQ(h.core().GetStatus().step, 0);
+  EXPECT_EQ(h.Step(), 0);
 }
 
 TEST(ShardCoreTest, NewStreamSupersedesOldAndLeaveFinishesJob) {
@@ -399,12 +410,12 @@ TEST(ShardCoreTest, NewStreamSupersedesOldAndLeaveFinishesJob) {
   const uint64_t old = h.session(1);
   absl::StatusOr<uint64_t> fresh = h.core().OpenStream(1);
   ASSERT_TRUE(fresh.ok());
-  EXPECT_EQ(h.core().WaitForStep(1, old, 0, absl::Milliseconds(1)).status().code(),
+  EXPECT_EQ(h.core().WaitForPoint(1, old, PointTag(), absl::Milliseconds(1)).status().code(),
             absl::StatusCode::kCancelled);
   h.core().CloseStream(1, old);  // the old stream's close must not disconnect the new one
   EXPECT_EQ(h.core().GetStatus().connected, 3);
   for (int r = 0; r < 3; ++r) EXPECT_TRUE(h.core().Leave(r).ok());
-  EXPECT_TRUE(h.core().AllFinished());
+  EXPECT_TRUE(h.core().Done());
   EXPECT_EQ(h.core().Leave(7).code(), absl::StatusCode::kNotFound);
   h.core().Drain();
   EXPECT_EQ(h.core().Join(h.Args(0)).status().code(), absl::StatusCode::kUnavailable);
@@ -415,7 +426,7 @@ TEST(ShardCoreTest, EvalPointOfAnOldStepIsAborted) {
   h.JoinAll({0, 0, 0, 0});
   for (int r = 0; r < 3; ++r) ASSERT_TRUE(h.Push(r, 0, 1, {1, 1, 1, 1}).ok());
   absl::Status s = h.core().ReadEvalPoint(
-      0, 0, 0, 4, [](std::span<const float>, std::span<const float>) { return absl::OkStatus(); });
+      0, PointTag{JobIdentity{kJob, 0}, 0}, 0, 4, [](std::span<const float>, std::span<const float>) { return absl::OkStatus(); });
   EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
 }
 
