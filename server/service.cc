@@ -25,6 +25,19 @@ grpc::Status Invalid(std::string message) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(message));
 }
 
+// StreamEnd: the status a Train stream ends with. A stream superseded by a newer one
+// for its rank (CANCELLED in the core) ends with FAILED_PRECONDITION, so that the
+// older process stops instead of taking the rank back.
+grpc::Status StreamEnd(int rank, const absl::Status& s) {
+  if (absl::IsCancelled(s)) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat("the Train stream of rank ", rank,
+                                     " was superseded by a newer one (another process joined "
+                                     "with this rank)"));
+  }
+  return ToGrpcStatus(s);
+}
+
 void JobStateToProto(const JobStateInfo& info, v1::JobState* out) {
   out->set_initialized(info.initialized);
   out->set_job_id(info.job.job_id);
@@ -182,7 +195,7 @@ grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream*
   // A restarted worker whose gradient for the current step is already in gets the
   // next step's point: SendEvalPoint waits for it.
   absl::StatusOr<PointTag> sent = SendEvalPoint(ctx, stream, rank, *session, PointTag());
-  if (!sent.ok()) return ToGrpcStatus(sent.status());
+  if (!sent.ok()) return StreamEnd(rank, sent.status());
 
   std::vector<float> scratch;
   v1::TrainResponse ack_msg;
@@ -213,12 +226,12 @@ grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream*
       if (eval_after_attempt && chunk.last) {
         eval_after_attempt = false;
         sent = SendEvalPoint(ctx, stream, rank, *session, *sent);
-        if (!sent.ok()) return ToGrpcStatus(sent.status());
+        if (!sent.ok()) return StreamEnd(rank, sent.status());
       }
       continue;
     }
     if (absl::IsCancelled(outcome.status())) {
-      return ToGrpcStatus(outcome.status());
+      return StreamEnd(rank, outcome.status());
     }
     v1::TrainResponse::Ack* ack = ack_msg.mutable_ack();
     ack->set_step(chunk.step);
@@ -236,7 +249,7 @@ grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream*
     }
     // Accepted, or late: the worker carries on with the next point due.
     sent = SendEvalPoint(ctx, stream, rank, *session, *sent);
-    if (!sent.ok()) return ToGrpcStatus(sent.status());
+    if (!sent.ok()) return StreamEnd(rank, sent.status());
   }
   return grpc::Status::OK;
 }

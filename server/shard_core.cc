@@ -748,14 +748,14 @@ void ShardCore::Drain() {
 
 bool ShardCore::Done() const {
   absl::ReaderMutexLock lock(&mu_);
-  int finished = 0, connected = 0;
+  int finished = 0, live = 0;  // live: connected and not finished
   for (const Worker& w : workers_) {
     finished += w.finished ? 1 : 0;
-    connected += w.session != 0 ? 1 : 0;
+    live += !w.finished && w.session != 0 ? 1 : 0;
   }
   if (finished == options_.num_workers) return true;
   const int64_t total = options_.lr.total_steps;
-  return finished > 0 && connected == 0 && (total == 0 || state_.step >= total);
+  return finished > 0 && live == 0 && (total == 0 || state_.step >= total);
 }
 
 }  // namespace gnc
