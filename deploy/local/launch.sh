@@ -370,9 +370,9 @@ while ((workers_left > 0)); do
   fi
 done
 
-# The shards exit on their own once every worker has left; a worker that died never
-# leaves, so then they are stopped at once (and otherwise after a grace period).
-for ((i = 0; i < 100 && failed_workers == 0; i++)); do
+# The shards exit on their own once every live worker has left after the last step
+# (a worker that died is not waited for); they are stopped after a grace period.
+for ((i = 0; i < 100; i++)); do
   alive=0
   for pid in "${server_pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
   ((alive)) || break

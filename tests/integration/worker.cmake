@@ -6,3 +6,12 @@ foreach(_name train kill restart flags)
       $<TARGET_FILE:gnc-server> $<TARGET_FILE:gnc-worker>)
   set_tests_properties(worker_${_name}_integration PROPERTIES TIMEOUT 180 LABELS integration)
 endforeach()
+
+# Failure tests (DESIGN section 6): real processes and real signals on 127.0.0.1.
+foreach(_name shard_restart shard_sigterm shard_blank_restart worker_restart_after_push
+    worker_kill_noquorum)
+  add_test(NAME ${_name}_failure
+    COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/${_name}_test.sh
+      $<TARGET_FILE:gnc-server> $<TARGET_FILE:gnc-worker>)
+  set_tests_properties(${_name}_failure PROPERTIES TIMEOUT 300 LABELS "integration;failure")
+endforeach()

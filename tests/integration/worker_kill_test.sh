@@ -37,6 +37,10 @@ grep -q "^\[launch\] worker 2 failed with status 137 (signal 9)" "$log" ||
 grep -q "^\[launch\] worker 0 finished" "$log" || fail "worker 0 did not finish"
 grep -q "^\[launch\] worker 1 finished" "$log" || fail "worker 1 did not finish"
 grep -q "^\[worker 2\] worker 2 done" "$log" && fail "worker 2 finished despite the kill"
+# The shards do not wait for the dead worker's Leave: they exit by themselves.
+for s in 0 1; do
+  grep -q "^\[shard $s\] .*the job is done" "$log" || fail "shard $s did not exit by itself"
+done
 # floor(floor(30000 / 3) / 64) = 156 steps per epoch, 468 steps.
 acc=$(final_accuracy "$log")
 [[ -n $acc ]] || fail "the evaluator reported no final test accuracy"
