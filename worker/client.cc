@@ -322,7 +322,8 @@ absl::Status GrpcGncClient::Synchronize(absl::Time deadline, absl::Status cause)
     for (size_t i = 0; i < shards_.size(); ++i) {
       const absl::Status& s = joined[i];
       if (s.ok()) continue;
-      if (absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s)) {
+      // A shard going down answers CANCELLED to the calls it had not finished.
+      if (absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s) || absl::IsCancelled(s)) {
         if (unreachable.ok()) {
           unreachable = absl::UnavailableError(absl::StrCat(
               "shard ", i, " (", shards_[i].address, ") did not answer within ",

@@ -16,8 +16,10 @@ for ((round = 1; round <= 10; round++)); do
     start_shard "$s" "$WORK/r$round-shard-$s.log" --checkpoint_dir="$ckpt"
     shards+=("$started")
   done
+  # A shard that stays away is given up after 3 s; one that comes back is waited for.
+  reconnect=$((round % 2 == 0 ? 60 : 3))
   for ((k = 0; k < WORKERS; k++)); do
-    start_worker "$k" "$WORK/r$round-worker-$k.log" --reconnect_timeout=3s
+    start_worker "$k" "$WORK/r$round-worker-$k.log" --reconnect_timeout=${reconnect}s
     workers+=("$started")
   done
   # Under load: past a step that moves with the round.

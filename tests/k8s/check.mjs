@@ -578,8 +578,9 @@ function checkTree(name, objects) {
   expect(Number(wenv.GNC_NUM_WORKERS) === K, `${name}: GNC_NUM_WORKERS=${wenv.GNC_NUM_WORKERS} but Job completions=${K}`);
   expect(Number(flagValue(sargv, "num_workers")) === K && Number(flagValue(wargv, "num_workers")) === K,
     `${name}: --num_workers must be ${K} on servers and workers`);
-  expect(job.spec.template.spec.restartPolicy === "OnFailure", `${name}: worker restartPolicy must be OnFailure (a restarted worker rejoins)`);
+  checkWorkerFailurePolicy(name, job, worker);
   expect(Number.isInteger(job.spec.backoffLimit), `${name}: Job needs a backoffLimit`);
+  checkCheckpoints(name, sts, server, sargv);
   expect(flagValue(sargv, "total_steps") === flagValue(wargv, "steps"),
     `${name}: server --total_steps=${flagValue(sargv, "total_steps")} != worker --steps=${flagValue(wargv, "steps")}`);
 
@@ -634,6 +635,42 @@ function checkTree(name, objects) {
       }
     }
   }
+}
+
+// checkWorkerFailurePolicy: a failed worker is replaced with the same rank (it
+// rejoins); bad flags (exit 2) fail the Job at once; evictions do not count.
+function checkWorkerFailurePolicy(name, job, worker) {
+  const policy = job.spec.template.spec.restartPolicy;
+  const rules = job.spec.podFailurePolicy?.rules ?? [];
+  if (policy === "OnFailure") return;  // restarted in place, same rank
+  if (!expect(policy === "Never" && rules.length > 0,
+    `${name}: worker restartPolicy must be OnFailure, or Never with a podFailurePolicy (a replaced worker rejoins)`)) return;
+  const failsOnFlags = rules.some((r) => r.action === "FailJob" && r.onExitCodes?.operator === "In" &&
+    r.onExitCodes.values.includes(2) && (r.onExitCodes.containerName ?? worker.name) === worker.name);
+  expect(failsOnFlags, `${name}: podFailurePolicy must fail the Job on exit code 2 (bad flags)`);
+  const ignoresDisruption = rules.some((r) => r.action === "Ignore" &&
+    (r.onPodConditions ?? []).some((c) => c.type === "DisruptionTarget"));
+  expect(ignoresDisruption, `${name}: podFailurePolicy must not count evictions (DisruptionTarget)`);
+  expect(!rules.some((r) => r.action === "FailJob" && r.onExitCodes?.values?.includes(1)),
+    `${name}: exit code 1 (a shard away, no progress) must be retried, not fail the Job`);
+}
+
+// checkCheckpoints: the servers checkpoint to a volume of their own that outlives
+// the pod (a volumeClaimTemplate), writable by their user.
+function checkCheckpoints(name, sts, server, sargv) {
+  const dir = flagValue(sargv, "checkpoint_dir");
+  if (!expect(dir, `${name}: servers need --checkpoint_dir (a restarted shard must restore its state)`)) return;
+  expect(Number(flagValue(sargv, "checkpoint_every")) > 0, `${name}: servers need --checkpoint_every > 0`);
+  const mount = (server.volumeMounts ?? []).find((m) => m.mountPath === dir);
+  if (!expect(mount, `${name}: nothing is mounted at --checkpoint_dir=${dir}`)) return;
+  const claim = (sts.spec.volumeClaimTemplates ?? []).find((t) => t.metadata.name === mount.name);
+  expect(claim, `${name}: the checkpoint volume ${mount.name} must come from a volumeClaimTemplate (it must outlive the pod)`);
+  expect(!mount.readOnly, `${name}: the checkpoint volume is mounted read-only`);
+  const uid = server.securityContext?.runAsUser ?? sts.spec.template.spec.securityContext?.runAsUser;
+  const group = sts.spec.template.spec.securityContext?.fsGroup;
+  expect(group !== undefined, `${name}: the server pod needs an fsGroup so that uid ${uid} can write its checkpoints`);
+  expect((sts.spec.persistentVolumeClaimRetentionPolicy?.whenScaled ?? "Retain") === "Retain",
+    `${name}: the reaper scales the servers to zero: their checkpoints must be retained`);
 }
 
 // checkReaper: the Job that scales the servers to zero once the workers' Job has
