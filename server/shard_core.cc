@@ -700,8 +700,14 @@ void ShardCore::Checkpoint() {
   if (checkpoints_ == nullptr || !initialized_ || diverged_) return;
   if (checkpointed_step_ == state_.step) return;
   checkpointed_step_ = state_.step;
-  // The copy is the only part of a checkpoint that holds the step up.
-  checkpoints_->WriteAsync(std::make_shared<const ShardState>(state_));
+  // The copy is the only part of a checkpoint that holds the step up. Once the
+  // writer has let go of the last snapshot, its buffers are reused: a copy into
+  // memory already mapped costs a memcpy, a fresh one page faults as well.
+  if (snapshot_ == nullptr || snapshot_.use_count() > 1) {
+    snapshot_ = std::make_shared<ShardState>();
+  }
+  *snapshot_ = state_;
+  checkpoints_->WriteAsync(snapshot_);
 }
 
 void ShardCore::ReportMembership() {

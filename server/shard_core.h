@@ -310,6 +310,7 @@ class ShardCore {
   std::vector<float> w_next_ ABSL_GUARDED_BY(mu_);  // the merge's output buffers
   std::vector<float> v_next_ ABSL_GUARDED_BY(mu_);
   int64_t checkpointed_step_ ABSL_GUARDED_BY(mu_) = -1;
+  std::shared_ptr<ShardState> snapshot_ ABSL_GUARDED_BY(mu_);  // the last one handed over
   std::vector<Worker> workers_ ABSL_GUARDED_BY(mu_);
   uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
   absl::Time deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
