@@ -158,7 +158,8 @@ absl::Status CheckpointStore::WriteFile(const std::string& path, const ShardStat
 }
 
 absl::StatusOr<ShardState> CheckpointStore::ReadFile(const std::string& path, int shard_index,
-                                                     int num_shards, uint64_t config_hash) {
+                                                     int num_shards,
+                                                     std::optional<uint64_t> config_hash) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Errno("cannot open", path);
   struct Closer {
@@ -212,9 +213,10 @@ absl::StatusOr<ShardState> CheckpointStore::ReadFile(const std::string& path, in
     return Refused(path, absl::StrCat("belongs to shard ", h.shard_index, " of ", h.num_shards,
                                       ", this is shard ", shard_index, " of ", num_shards));
   }
-  if (h.config_hash != config_hash) {
+  if (config_hash.has_value() && h.config_hash != *config_hash) {
     return Refused(path, absl::StrCat("written under config hash ", absl::Hex(h.config_hash),
-                                      ", this shard's is ", absl::Hex(config_hash)));
+                                      ", this shard's is ", absl::Hex(*config_hash),
+                                      " (--resume_with_new_config accepts it)"));
   }
   if (h.job_id == 0 || h.step < 0 || h.generation < 0) {
     return Refused(path, "header names no job");
@@ -226,6 +228,11 @@ absl::StatusOr<ShardState> CheckpointStore::ReadFile(const std::string& path, in
   state.model_elements = h.model_elements;
   state.noise = NoiseEma{h.ema_g2, h.ema_trace, h.ema_weight};
   return state;
+}
+
+std::optional<uint64_t> CheckpointStore::ConfigCheck() const {
+  if (options_.accept_other_config) return std::nullopt;
+  return options_.config_hash;
 }
 
 CheckpointStore::CheckpointStore(CheckpointOptions options, CheckpointObserver* observer)
@@ -278,7 +285,7 @@ void CheckpointStore::Scan() {
     }
     if (!absl::StartsWith(name, prefix) || !absl::EndsWith(name, kSuffix)) continue;
     absl::StatusOr<ShardState> state =
-        ReadFile(path, options_.shard_index, options_.num_shards, options_.config_hash);
+        ReadFile(path, options_.shard_index, options_.num_shards, ConfigCheck());
     if (!state.ok()) {
       LogWarning(state.status().message());
       continue;
@@ -301,7 +308,7 @@ std::vector<CheckpointInfo> CheckpointStore::Candidates() const {
 
 absl::StatusOr<ShardState> CheckpointStore::Load(const CheckpointInfo& info) const {
   absl::StatusOr<ShardState> state =
-      ReadFile(info.path, options_.shard_index, options_.num_shards, options_.config_hash);
+      ReadFile(info.path, options_.shard_index, options_.num_shards, ConfigCheck());
   if (!state.ok()) {
     LogWarning(state.status().message());
     return absl::FailedPreconditionError(state.status().message());

@@ -43,7 +43,10 @@ struct CheckpointOptions {
   std::string dir;       // created if missing
   int shard_index = 0;
   int num_shards = 1;
-  uint64_t config_hash = 0;  // files of another config are refused
+  uint64_t config_hash = 0;  // files of another config are refused...
+  // ...unless this is set: an operator resumes a job under changed settings (a lower
+  // learning rate after a divergence). Every shard must then get the same flags.
+  bool accept_other_config = false;
   int keep = 2;              // newest files kept after each write (>= 1)
 };
 
@@ -85,8 +88,10 @@ class CheckpointStore {
   // WriteFile / VerifyFile: the file format itself (tests use them directly).
   static absl::Status WriteFile(const std::string& path, const ShardState& state,
                                 int shard_index, int num_shards);
+  // ReadFile: config_hash nullopt accepts any config.
   static absl::StatusOr<ShardState> ReadFile(const std::string& path, int shard_index,
-                                             int num_shards, uint64_t config_hash);
+                                             int num_shards,
+                                             std::optional<uint64_t> config_hash);
   // FileName: "shard-<i>-of-<S>-gen-<g>-step-<t>.ckpt".
   static std::string FileName(int shard_index, int num_shards, const JobIdentity& job,
                               int64_t step);
@@ -94,6 +99,7 @@ class CheckpointStore {
  private:
   CheckpointStore(CheckpointOptions options, CheckpointObserver* observer);
   void Scan();
+  std::optional<uint64_t> ConfigCheck() const;
   void WriterLoop();
   absl::Status WriteOne(const ShardState& state);
   void Prune() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

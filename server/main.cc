@@ -71,6 +71,9 @@ ABSL_FLAG(std::string, checkpoint_dir, "",
 ABSL_FLAG(int64_t, checkpoint_every, 0,
           "Steps between checkpoints (0: only w0 and on SIGTERM); needs --checkpoint_dir");
 ABSL_FLAG(int, checkpoint_keep, 2, "Newest checkpoints kept per shard (>= 2 recommended)");
+ABSL_FLAG(bool, resume_with_new_config, false,
+          "Restore checkpoints written under other settings (e.g. a lower --lr after a "
+          "divergence); give every shard the same new flags");
 ABSL_FLAG(double, max_gradient_norm, 0.0,
           "Scale each worker's gradient on this shard down to this L2 norm when longer "
           "(0 = no clipping)");
@@ -161,6 +164,7 @@ absl::Status RunServer(const ShardOptions& options) {
     co.num_shards = options.num_shards;
     co.config_hash = options.ConfigHash();
     co.keep = absl::GetFlag(FLAGS_checkpoint_keep);
+    co.accept_other_config = absl::GetFlag(FLAGS_resume_with_new_config);
     absl::StatusOr<std::unique_ptr<CheckpointStore>> store = CheckpointStore::Open(co, &metrics);
     if (!store.ok()) return store.status();
     checkpoints = *std::move(store);

@@ -82,7 +82,14 @@ bool ShardCore::Adopt(ShardState state, const std::string& from) {
     return false;
   }
   const int64_t old_generation = state.job.generation;
+  if (state.config_hash != options_.ConfigHash()) {
+    LogWarning("shard ", options_.shard_index, ": checkpoint ", from,
+               " was written under config hash ", absl::Hex(state.config_hash),
+               "; resuming under ", absl::Hex(options_.ConfigHash()),
+               " (--resume_with_new_config)");
+  }
   state_ = std::move(state);
+  state_.config_hash = options_.ConfigHash();
   ++state_.job.generation;  // a restore starts a new generation
   range_ = range;
   has_layout_ = true;

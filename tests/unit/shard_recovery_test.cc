@@ -281,6 +281,41 @@ TEST(ShardRecoveryTest, RestartRestoresTheNewestValidCheckpointInANewGeneration)
   }
 }
 
+TEST(ShardRecoveryTest, OtherSettingsRefuseCheckpointsUnlessResumingWithNewConfig) {
+  TempDir dir;
+  const int64_t n = 4;
+  ShardOptions o = ThreeWorkers(SmoothingMode::kGnc);
+  {
+    auto store = OpenStore(dir.path(), o);
+    Harness h(o, n, nullptr, store.get());
+    h.JoinAll({1, 2, 3, 4});
+    Step(h, 0, n);
+    h.core().Drain();  // writes step 1
+    ASSERT_TRUE(store->Flush(absl::Seconds(30)).ok());
+  }
+  ShardOptions lower = o;
+  lower.lr.peak = o.lr.peak / 2;  // an operator's remedy after a divergence
+  {
+    auto store = OpenStore(dir.path(), lower);
+    EXPECT_TRUE(store->Candidates().empty());
+  }
+  CheckpointOptions c;
+  c.dir = dir.path();
+  c.config_hash = lower.ConfigHash();
+  c.accept_other_config = true;
+  auto store = CheckpointStore::Open(c);
+  ASSERT_TRUE(store.ok());
+  Harness h(lower, n, nullptr, store->get());
+  ASSERT_TRUE(h.core().RestoreNewest().ok());
+  EXPECT_EQ(h.core().GetStatus().job.step, 1);
+  // It is this shard's checkpoint from now on: the next one carries the new hash.
+  h.JoinAll({});
+  Step(h, 1, n);
+  h.core().Drain();
+  ASSERT_TRUE((*store)->Flush(absl::Seconds(30)).ok());
+  EXPECT_EQ(OpenStore(dir.path(), lower)->Candidates().front().step, 2);
+}
+
 class WaitRecorder : public ShardObserver {
  public:
   void OnWaiting(int ranks, absl::Duration waited) override {
