@@ -60,6 +60,26 @@ start_worker() {
   all_pids+=("$started")
 }
 
+# start_job PREFIX [SHARD_FLAG...] [-- WORKER_FLAG...]: every shard and worker, logging
+# to $WORK/PREFIX-shard-S.log and $WORK/PREFIX-worker-K.log; "{rank}" in a worker flag
+# becomes the worker's rank. Fills shards[] and workers[] with their pids.
+start_job() {
+  local prefix=$1 s k
+  shift
+  local sflags=()
+  while (($#)) && [[ $1 != -- ]]; do sflags+=("$1"); shift; done
+  (($#)) && shift
+  shards=() workers=()
+  for ((s = 0; s < SHARDS; s++)); do
+    start_shard "$s" "$WORK/$prefix-shard-$s.log" "${sflags[@]}"
+    shards+=("$started")
+  done
+  for ((k = 0; k < WORKERS; k++)); do
+    start_worker "$k" "$WORK/$prefix-worker-$k.log" "${@//\{rank\}/$k}"
+    workers+=("$started")
+  done
+}
+
 # wait_for_step K N LOG: waits until worker K reports a step above N (up to 60 s).
 wait_for_step() {
   local k=$1 n=$2 log=$3 i step

@@ -15,6 +15,7 @@
 #include "server/options.h"
 #include "tests/integration/server_process.h"
 #include "worker/client.h"
+#include "tests/unit/temp_dir.h"
 
 namespace gnc {
 namespace {
@@ -24,18 +25,7 @@ using testing::ServerProcess;
 
 constexpr int64_t kElements = 1000;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "gnc-bad-values.XXXXXX").string();
-    path_ = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using testing::TempDir;
 
 std::unique_ptr<GncClient> Connect(const std::string& address, int rank, int num_workers) {
   ClientOptions o;
@@ -49,6 +39,17 @@ std::unique_ptr<GncClient> Connect(const std::string& address, int rank, int num
   auto c = GncClient::Connect(o);
   EXPECT_TRUE(c.ok()) << c.status();
   return c.ok() ? *std::move(c) : nullptr;
+}
+
+// ConnectTwo: ranks 0 and 1 of a two-worker job, parameters offered.
+std::pair<std::unique_ptr<GncClient>, std::unique_ptr<GncClient>> ConnectTwo(
+    const std::string& address) {
+  auto a = Connect(address, 0, 2);
+  auto b = Connect(address, 1, 2);
+  if (!a || !b) return {};
+  EXPECT_TRUE(a->OfferParameters(std::vector<float>(kElements, 0.5f)).ok());
+  EXPECT_TRUE(b->OfferParameters(std::vector<float>(kElements, 0.5f)).ok());
+  return {std::move(a), std::move(b)};
 }
 
 // Steps: both clients push `g` every step until a call fails; returns that status.
@@ -76,11 +77,8 @@ TEST(ServerBadValuesTest, FltMaxGradientsDivergeAndNoCheckpointHoldsANonFiniteVa
       GNC_SERVER_BINARY, {"--num_workers=2", "--mode=gnc", "--lr=0.1", "--drain_timeout=2s",
                           absl::StrCat("--checkpoint_dir=", dir.path()), "--checkpoint_every=1"});
   ASSERT_TRUE(server.ok()) << server.status();
-  auto a = Connect((*server)->address(), 0, 2);
-  auto b = Connect((*server)->address(), 1, 2);
+  auto [a, b] = ConnectTwo((*server)->address());
   ASSERT_TRUE(a && b);
-  ASSERT_TRUE(a->OfferParameters(std::vector<float>(kElements, 0.5f)).ok());
-  ASSERT_TRUE(b->OfferParameters(std::vector<float>(kElements, 0.5f)).ok());
   const std::vector<float> poison(kElements, std::numeric_limits<float>::max());
   absl::Status s = PushUntilRefused(*a, *b, poison, 10);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
@@ -113,11 +111,8 @@ TEST(ServerBadValuesTest, ClippingKeepsFltMaxGradientsFinite) {
       GNC_SERVER_BINARY,
       {"--num_workers=2", "--mode=gnc", "--lr=0.1", "--max_gradient_norm=1", "--drain_timeout=2s"});
   ASSERT_TRUE(server.ok()) << server.status();
-  auto a = Connect((*server)->address(), 0, 2);
-  auto b = Connect((*server)->address(), 1, 2);
+  auto [a, b] = ConnectTwo((*server)->address());
   ASSERT_TRUE(a && b);
-  ASSERT_TRUE(a->OfferParameters(std::vector<float>(kElements, 0.5f)).ok());
-  ASSERT_TRUE(b->OfferParameters(std::vector<float>(kElements, 0.5f)).ok());
   const std::vector<float> poison(kElements, std::numeric_limits<float>::max());
   EXPECT_TRUE(PushUntilRefused(*a, *b, poison, 5).ok());
   std::vector<float> w(kElements);

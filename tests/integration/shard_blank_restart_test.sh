@@ -6,19 +6,11 @@
 EPOCHS=3
 source "$(dirname "$0")/failure_lib.sh"
 
-shards=() workers=()
-for ((s = 0; s < SHARDS; s++)); do
-  start_shard "$s" "$WORK/shard-$s.log"
-  shards+=("$started")
-done
-for ((k = 0; k < WORKERS; k++)); do
-  start_worker "$k" "$WORK/worker-$k.log" --reconnect_timeout=10s
-  workers+=("$started")
-done
-wait_for_step 0 30 "$WORK/worker-0.log"
+start_job run -- --reconnect_timeout=10s
+wait_for_step 0 30 "$WORK/run-worker-0.log"
 kill -KILL "${shards[1]}"
 wait "${shards[1]}" 2>/dev/null
-start_shard 1 "$WORK/shard-1-restarted.log"
+start_shard 1 "$WORK/run-shard-1-restarted.log"
 shards[1]=$started
 
 check_refusal() {  # check_refusal LOG WHO
@@ -30,20 +22,20 @@ check_refusal() {  # check_refusal LOG WHO
 for ((k = 0; k < WORKERS; k++)); do
   st=0
   wait_exit "${workers[$k]}" 60 || st=$?
-  ((st == 1)) || { cat "$WORK/worker-$k.log"; fail "worker $k exited with $st, expected 1"; }
-  check_refusal "$WORK/worker-$k.log" "worker $k"
+  ((st == 1)) || { cat "$WORK/run-worker-$k.log"; fail "worker $k exited with $st, expected 1"; }
+  check_refusal "$WORK/run-worker-$k.log" "worker $k"
 done
 # What Kubernetes does next: the worker pods restart. They must refuse as well.
-start_worker 0 "$WORK/worker-0-restarted.log"
+start_worker 0 "$WORK/run-worker-0-restarted.log"
 st=0
 wait_exit "$started" 60 || st=$?
-((st == 1)) || { cat "$WORK/worker-0-restarted.log"; fail "restarted worker exited with $st"; }
-check_refusal "$WORK/worker-0-restarted.log" "the restarted worker"
-grep -q "parameters initialised" "$WORK/shard-1-restarted.log" &&
+((st == 1)) || { cat "$WORK/run-worker-0-restarted.log"; fail "restarted worker exited with $st"; }
+check_refusal "$WORK/run-worker-0-restarted.log" "the restarted worker"
+grep -q "parameters initialised" "$WORK/run-shard-1-restarted.log" &&
   fail "the blank shard took a new w0"
 [[ $(metric 1 gnc_job_generation) != "" ]] || fail "shard 1's metrics are unreachable"
 for ((s = 0; s < SHARDS; s++)); do
   kill -TERM "${shards[$s]}"
   wait_exit "${shards[$s]}" 10 || fail "shard $s exited with $?"
 done
-echo "PASS: $(grep -o 'worker 0: a shard came back.*' "$WORK/worker-0-restarted.log" | head -c 300)"
+echo "PASS: $(grep -o 'worker 0: a shard came back.*' "$WORK/run-worker-0-restarted.log" | head -c 300)"

@@ -8,21 +8,12 @@
 source "$(dirname "$0")/failure_lib.sh"
 
 # run NAME KILL: one job of $MODE; with KILL=1 shard 1 is killed past step 100 and
-# restarted 0.5 s later. Leaves $WORK/NAME.params and the worker logs.
+# restarted 0.5 s later. Leaves $WORK/NAME-K.params and the logs.
 run() {
   local name=$1 kill_it=$2 s k
   local ckpt=$WORK/$name-ckpt
-  local shards=() workers=()
-  for ((s = 0; s < SHARDS; s++)); do
-    start_shard "$s" "$WORK/$name-shard-$s.log" --checkpoint_dir="$ckpt" --checkpoint_every=20
-    shards+=("$started")
-  done
-  for ((k = 0; k < WORKERS; k++)); do
-    local extra=()
-    ((k == 0)) && extra=(--save_params="$WORK/$name.params")
-    start_worker "$k" "$WORK/$name-worker-$k.log" "${extra[@]}"
-    workers+=("$started")
-  done
+  start_job "$name" --checkpoint_dir="$ckpt" --checkpoint_every=20 -- \
+    --save_params="$WORK/$name-{rank}.params"
   if ((kill_it)); then
     wait_for_step 0 100 "$WORK/$name-worker-0.log"
     kill -KILL "${shards[1]}"
@@ -57,9 +48,9 @@ MODE=none run killed 1
 grep -q "restored step" "$WORK/killed-shard-1.log" || fail "the restarted shard restored nothing"
 grep -q "the job was rewound to step" "$WORK/killed-worker-0.log" ||
   fail "worker 0 never saw a rewind"
-cmp -s "$WORK/ref.params" "$WORK/killed.params" ||
+cmp -s "$WORK/ref-0.params" "$WORK/killed-0.params" ||
   fail "mode none: final parameters differ from the uninterrupted run's"
-[[ -s $WORK/ref.params ]] || fail "no parameters were saved"
+[[ -s $WORK/ref-0.params ]] || fail "no parameters were saved"
 restored=$(sed -n 's/.*\(restored step [0-9]*\).*/\1/p' "$WORK/killed-shard-1.log" | head -n 1)
 # Recovery: kill to the first step the restarted shard completes (its first
 # checkpoint after the restore marks it only every 20 steps, so use the workers'
@@ -72,7 +63,7 @@ t = datetime.datetime.fromisoformat(sys.argv[1] + "+00:00").timestamp()
 print(f"{t - float(sys.argv[2]):.2f}")' "$back" "$killed_at")
   echo "mode none: $restored; recovery (kill, 0.5 s down, restore, reconnect) took ${recovery} s"
 fi
-echo "mode none: final parameters bit-identical to the uninterrupted run ($(stat -c %s "$WORK/ref.params") bytes)"
+echo "mode none: final parameters bit-identical to the uninterrupted run ($(stat -c %s "$WORK/ref-0.params") bytes)"
 
 MODE=gnc run gref 0
 MODE=gnc run gkilled 1

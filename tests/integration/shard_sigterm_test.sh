@@ -11,17 +11,9 @@ source "$(dirname "$0")/failure_lib.sh"
 for ((round = 1; round <= 10; round++)); do
   ckpt=$WORK/ckpt-$round
   rm -rf "$ckpt"
-  shards=() workers=()
-  for ((s = 0; s < SHARDS; s++)); do
-    start_shard "$s" "$WORK/r$round-shard-$s.log" --checkpoint_dir="$ckpt"
-    shards+=("$started")
-  done
   # A shard that stays away is given up after 3 s; one that comes back is waited for.
   reconnect=$((round % 2 == 0 ? 60 : 3))
-  for ((k = 0; k < WORKERS; k++)); do
-    start_worker "$k" "$WORK/r$round-worker-$k.log" --reconnect_timeout=${reconnect}s
-    workers+=("$started")
-  done
+  start_job "r$round" --checkpoint_dir="$ckpt" -- --reconnect_timeout=${reconnect}s
   # Under load: past a step that moves with the round.
   wait_for_step 0 $((10 + round * 7)) "$WORK/r$round-worker-0.log"
   victim=$((round % 2))

@@ -6,28 +6,20 @@
 EPOCHS=3
 source "$(dirname "$0")/failure_lib.sh"
 
-shards=() workers=()
-for ((s = 0; s < SHARDS; s++)); do
-  start_shard "$s" "$WORK/shard-$s.log" --stall_report_after=1s
-  shards+=("$started")
-done
-for ((k = 0; k < WORKERS; k++)); do
-  start_worker "$k" "$WORK/worker-$k.log" --step_timeout=4s
-  workers+=("$started")
-done
-wait_for_step 0 30 "$WORK/worker-0.log"
+start_job run --stall_report_after=1s -- --step_timeout=4s
+wait_for_step 0 30 "$WORK/run-worker-0.log"
 kill -KILL "${workers[1]}"
 wait "${workers[1]}" 2>/dev/null
 st=0
 wait_exit "${workers[0]}" 40 || st=$?
-((st == 1)) || { cat "$WORK/worker-0.log"; fail "worker 0 exited with $st, expected 1"; }
-grep -q "no progress within 4s waiting for the next evaluation point" "$WORK/worker-0.log" ||
-  { cat "$WORK/worker-0.log"; fail "worker 0 did not say what it waited for"; }
+((st == 1)) || { cat "$WORK/run-worker-0.log"; fail "worker 0 exited with $st, expected 1"; }
+grep -q "no progress within 4s waiting for the next evaluation point" "$WORK/run-worker-0.log" ||
+  { cat "$WORK/run-worker-0.log"; fail "worker 0 did not say what it waited for"; }
 grep -q "shard 0 (127.0.0.1:${ports[0]}): at step [0-9]*, waiting [0-9]* s for rank(s) 1" \
-  "$WORK/worker-0.log" || { cat "$WORK/worker-0.log"; fail "worker 0 did not name rank 1"; }
+  "$WORK/run-worker-0.log" || { cat "$WORK/run-worker-0.log"; fail "worker 0 did not name rank 1"; }
 for ((s = 0; s < SHARDS; s++)); do
-  grep -q "has waited .* for rank(s) 1 (disconnected" "$WORK/shard-$s.log" ||
-    { cat "$WORK/shard-$s.log"; fail "shard $s did not report the wait for rank 1"; }
+  grep -q "has waited .* for rank(s) 1 (disconnected" "$WORK/run-shard-$s.log" ||
+    { cat "$WORK/run-shard-$s.log"; fail "shard $s did not report the wait for rank 1"; }
   waiting=$(metric "$s" gnc_waiting_workers)
   [[ $waiting == 1 || $waiting == 2 ]] || fail "shard $s: gnc_waiting_workers is '$waiting'"
   waited=$(metric "$s" gnc_step_wait_seconds)
@@ -35,4 +27,4 @@ for ((s = 0; s < SHARDS; s++)); do
   kill -TERM "${shards[$s]}"
   wait_exit "${shards[$s]}" 10 || fail "shard $s exited with $?"
 done
-echo "PASS: $(grep -o 'worker 0: no progress.*' "$WORK/worker-0.log" | head -c 300)"
+echo "PASS: $(grep -o 'worker 0: no progress.*' "$WORK/run-worker-0.log" | head -c 300)"

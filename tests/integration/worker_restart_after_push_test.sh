@@ -6,16 +6,8 @@
 EPOCHS=3
 source "$(dirname "$0")/failure_lib.sh"
 
-shards=() workers=()
-for ((s = 0; s < SHARDS; s++)); do
-  start_shard "$s" "$WORK/shard-$s.log" --stall_report_after=1s
-  shards+=("$started")
-done
-for ((k = 0; k < WORKERS; k++)); do
-  start_worker "$k" "$WORK/worker-$k.log"
-  workers+=("$started")
-done
-wait_for_step 0 40 "$WORK/worker-0.log"
+start_job run --stall_report_after=1s
+wait_for_step 0 40 "$WORK/run-worker-0.log"
 kill -STOP "${workers[1]}"
 # Rank 0 has pushed once shard 0 waits for rank 1 alone.
 pushed=""
@@ -28,7 +20,7 @@ step=$(metric 0 gnc_step)
 kill -KILL "${workers[0]}"
 wait "${workers[0]}" 2>/dev/null
 echo "killed worker 0 after its push of step $step while worker 1 was stopped"
-start_worker 0 "$WORK/worker-0-restarted.log"
+start_worker 0 "$WORK/run-worker-0-restarted.log"
 workers[0]=$started
 sleep 1
 kill -CONT "${workers[1]}"
@@ -44,12 +36,12 @@ done
 for ((s = 0; s < SHARDS; s++)); do
   wait_exit "${shards[$s]}" 30 || fail "shard $s exited with $?"
 done
-grep -q "ALREADY_EXISTS\|already pushed" "$WORK/worker-0-restarted.log" &&
+grep -q "ALREADY_EXISTS\|already pushed" "$WORK/run-worker-0-restarted.log" &&
   fail "the restarted worker was refused as a duplicate"
-acc=$(final_accuracy "$WORK/worker-0-restarted.log")
+acc=$(final_accuracy "$WORK/run-worker-0-restarted.log")
 [[ -n $acc ]] || fail "the restarted evaluator reported no final accuracy"
 grep -q "final test accuracy $acc loss [0-9.]* after $TOTAL_STEPS steps" \
-  "$WORK/worker-0-restarted.log" || fail "the job did not reach step $TOTAL_STEPS"
-grep -q "step $step has waited .* for rank(s) 1" "$WORK/shard-0.log" ||
+  "$WORK/run-worker-0-restarted.log" || fail "the job did not reach step $TOTAL_STEPS"
+grep -q "step $step has waited .* for rank(s) 1" "$WORK/run-shard-0.log" ||
   fail "shard 0 did not report the wait for rank 1"
 echo "PASS: worker 0 rejoined after its push of step $step; final accuracy $acc"

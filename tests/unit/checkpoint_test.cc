@@ -14,24 +14,14 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/unit/temp_dir.h"
 
 namespace gnc {
 namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "gnc-ckpt-test.XXXXXX").string();
-    path_ = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using testing::TempDir;
 
 ShardState MakeState(int64_t step, int64_t generation = 0, int64_t d = 1000) {
   ShardState s;

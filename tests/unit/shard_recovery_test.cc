@@ -11,6 +11,7 @@
 #include "server/checkpoint.h"
 #include "server/shard_core.h"
 #include "tests/unit/shard_harness.h"
+#include "tests/unit/temp_dir.h"
 
 namespace gnc {
 namespace {
@@ -24,18 +25,7 @@ using testing::ThreeWorkers;
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "gnc-recovery-test.XXXXXX").string();
-    path_ = mkdtemp(tmpl.data());
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using testing::TempDir;
 
 std::unique_ptr<CheckpointStore> OpenStore(const std::string& dir, const ShardOptions& o,
                                            int keep = 2) {
