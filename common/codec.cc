@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/bf16.h"
 
 namespace gnc {
 namespace {
@@ -12,15 +13,8 @@ namespace {
 static_assert(std::endian::native == std::endian::little,
               "gnc's codec assumes a little-endian host");
 
-uint16_t ToBf16(float f) {
-  uint32_t bits = std::bit_cast<uint32_t>(f);
-  if (std::isnan(f)) return static_cast<uint16_t>((bits >> 16) | 0x40);
-  // Round to nearest even.
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-float FromBf16(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+uint16_t ToBf16(float f) { return FloatToBf16(f); }
+float FromBf16(uint16_t h) { return Bf16ToFloat(h); }
 
 }  // namespace
 

@@ -121,7 +121,7 @@ std::string CheckpointStore::FileName(int shard_index, int num_shards, const Job
 
 absl::Status CheckpointStore::WriteFile(const std::string& path, const ShardState& state,
                                         int shard_index, int num_shards) {
-  if (state.w.size() != state.v.size()) {
+  if (state.w == nullptr || state.v == nullptr || state.w->size() != state.v->size()) {
     return absl::InvalidArgumentError("checkpoint of a state whose w and v differ in size");
   }
   Header h{};
@@ -136,20 +136,20 @@ absl::Status CheckpointStore::WriteFile(const std::string& path, const ShardStat
   h.shard_index = shard_index;
   h.num_shards = num_shards;
   h.model_elements = state.model_elements;
-  h.shard_elements = static_cast<int64_t>(state.w.size());
+  h.shard_elements = static_cast<int64_t>(state.w->size());
   h.ema_g2 = state.noise.g2;
   h.ema_trace = state.noise.trace;
   h.ema_weight = state.noise.weight;
-  const size_t bytes = state.w.size() * sizeof(float);
+  const size_t bytes = state.w->size() * sizeof(float);
   uint32_t crc = Crc(0, &h, sizeof(h));
-  crc = Crc(crc, state.w.data(), bytes);
-  crc = Crc(crc, state.v.data(), bytes);
+  crc = Crc(crc, state.w->data(), bytes);
+  crc = Crc(crc, state.v->data(), bytes);
 
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return Errno("cannot create", path);
   absl::Status s = WriteAll(fd, &h, sizeof(h), path);
-  if (s.ok()) s = WriteAll(fd, state.w.data(), bytes, path);
-  if (s.ok()) s = WriteAll(fd, state.v.data(), bytes, path);
+  if (s.ok()) s = WriteAll(fd, state.w->data(), bytes, path);
+  if (s.ok()) s = WriteAll(fd, state.v->data(), bytes, path);
   if (s.ok()) s = WriteAll(fd, &crc, sizeof(crc), path);
   if (s.ok() && ::fsync(fd) != 0) s = Errno("cannot fsync", path);
   if (::close(fd) != 0 && s.ok()) s = Errno("cannot close", path);
@@ -191,20 +191,20 @@ absl::StatusOr<ShardState> CheckpointStore::ReadFile(const std::string& path, in
                                       " bytes, the header promises ", expected));
   }
   ShardState state;
-  state.w.resize(static_cast<size_t>(h.shard_elements));
-  state.v.resize(static_cast<size_t>(h.shard_elements));
-  const size_t bytes = state.w.size() * sizeof(float);
+  auto w = std::make_shared<Floats>(static_cast<size_t>(h.shard_elements));
+  auto v = std::make_shared<Floats>(static_cast<size_t>(h.shard_elements));
+  const size_t bytes = w->size() * sizeof(float);
   uint32_t stored = 0;
-  for (auto [ptr, n] : {std::pair<void*, size_t>{state.w.data(), bytes},
-                        {state.v.data(), bytes},
+  for (auto [ptr, n] : {std::pair<void*, size_t>{w->data(), bytes},
+                        {v->data(), bytes},
                         {&stored, sizeof(stored)}}) {
     got = ReadExactly(fd, ptr, n, path);
     if (!got.ok()) return got.status();
     if (!*got) return Refused(path, "truncated while reading");
   }
   uint32_t crc = Crc(0, &h, sizeof(h));
-  crc = Crc(crc, state.w.data(), bytes);
-  crc = Crc(crc, state.v.data(), bytes);
+  crc = Crc(crc, w->data(), bytes);
+  crc = Crc(crc, v->data(), bytes);
   if (crc != stored) {
     return Refused(path, absl::StrCat("checksum mismatch (stored ", absl::Hex(stored),
                                       ", computed ", absl::Hex(crc), ")"));
@@ -227,6 +227,8 @@ absl::StatusOr<ShardState> CheckpointStore::ReadFile(const std::string& path, in
   state.layout_hash = h.layout_hash;
   state.model_elements = h.model_elements;
   state.noise = NoiseEma{h.ema_g2, h.ema_trace, h.ema_weight};
+  state.w = std::move(w);
+  state.v = std::move(v);
   return state;
 }
 
@@ -292,7 +294,7 @@ void CheckpointStore::Scan() {
     }
     found.push_back(CheckpointInfo{path, state->job, state->step, state->layout_hash,
                                    state->model_elements,
-                                   static_cast<int64_t>(state->w.size())});
+                                   static_cast<int64_t>(state->size())});
   }
   std::sort(found.begin(), found.end(), Newer);
   absl::MutexLock lock(&mu_);
@@ -368,7 +370,7 @@ void CheckpointStore::WriterLoop() {
     if (observer_ != nullptr) {
       if (s.ok()) {
         observer_->OnCheckpointWritten(
-            state->step, static_cast<int64_t>(2 * state->w.size() * sizeof(float)), took);
+            state->step, static_cast<int64_t>(2 * state->size() * sizeof(float)), took);
       } else {
         observer_->OnCheckpointFailed(s);
       }
@@ -405,7 +407,7 @@ absl::Status CheckpointStore::WriteOne(const ShardState& state) {
                  files_.end());
     files_.push_back(CheckpointInfo{path, state.job, state.step, state.layout_hash,
                                     state.model_elements,
-                                    static_cast<int64_t>(state.w.size())});
+                                    static_cast<int64_t>(state.size())});
     std::sort(files_.begin(), files_.end(), Newer);
     Prune();
   }

@@ -18,10 +18,12 @@ absl::StatusOr<std::unique_ptr<MergeBackend>> NewCudaMergeBackend() {
 }
 #endif
 
-absl::StatusOr<std::unique_ptr<MergeBackend>> NewMergeBackend(DeviceChoice choice) {
+absl::StatusOr<std::unique_ptr<MergeBackend>> NewMergeBackend(DeviceChoice choice,
+                                                              int cpu_threads) {
   if (choice == DeviceChoice::kCpu) {
-    LogInfo("merge backend: cpu (--device=cpu)");
-    return NewCpuMergeBackend();
+    std::unique_ptr<MergeBackend> cpu = NewCpuMergeBackend(cpu_threads);
+    LogInfo("merge backend: ", cpu->Name(), " (--device=cpu)");
+    return cpu;
   }
   absl::StatusOr<std::unique_ptr<MergeBackend>> cuda = NewCudaMergeBackend();
   if (cuda.ok()) {
@@ -32,8 +34,9 @@ absl::StatusOr<std::unique_ptr<MergeBackend>> NewMergeBackend(DeviceChoice choic
     return absl::FailedPreconditionError(
         absl::StrCat("--device=cuda but CUDA is unavailable: ", cuda.status().message()));
   }
-  LogInfo("merge backend: cpu (", cuda.status().message(), ")");
-  return NewCpuMergeBackend();
+  std::unique_ptr<MergeBackend> cpu = NewCpuMergeBackend(cpu_threads);
+  LogInfo("merge backend: ", cpu->Name(), " (", cuda.status().message(), ")");
+  return cpu;
 }
 
 }  // namespace gnc

@@ -15,10 +15,11 @@ enum class DeviceChoice { kAuto, kCpu, kCuda };
 // ParseDeviceChoice: INVALID_ARGUMENT for anything but auto, cpu, cuda.
 absl::StatusOr<DeviceChoice> ParseDeviceChoice(const std::string& text);
 
-// NewMergeBackend: kCpu -> CPU; kCuda -> CUDA or FAILED_PRECONDITION naming why it is
-// unavailable (built without CUDA, no device); kAuto -> CUDA when a device is present,
-// else CPU. Logs the choice.
-absl::StatusOr<std::unique_ptr<MergeBackend>> NewMergeBackend(DeviceChoice choice);
+// NewMergeBackend: kCpu -> CPU on cpu_threads threads; kCuda -> CUDA or
+// FAILED_PRECONDITION naming why it is unavailable (built without CUDA, no device);
+// kAuto -> CUDA when a device is present, else CPU. Logs the choice.
+absl::StatusOr<std::unique_ptr<MergeBackend>> NewMergeBackend(DeviceChoice choice,
+                                                              int cpu_threads = 1);
 
 // NewCudaMergeBackend: defined by the CUDA build (server/cuda/); FAILED_PRECONDITION
 // without a usable device.

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -55,6 +56,8 @@ ABSL_FLAG(bool, nesterov, false, "Nesterov momentum");
 ABSL_FLAG(double, weight_decay, 0.0, "L2 weight decay lambda");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of the isotropic noise");
 ABSL_FLAG(std::string, device, "auto", "Merge device: auto, cpu or cuda");
+ABSL_FLAG(int, merge_threads, 0,
+          "Threads of the CPU merge (0 = the cores available); results do not depend on it");
 ABSL_FLAG(int, metrics_port, 0, "Prometheus /metrics port (0 disables)");
 ABSL_FLAG(std::string, metrics_address, "0.0.0.0", "Address of the /metrics listener");
 ABSL_FLAG(double, noise_ema, 0.9, "EMA factor of the noise-scale estimators, in [0, 1)");
@@ -118,6 +121,9 @@ absl::StatusOr<ShardOptions> OptionsFromFlags() {
   if (absl::GetFlag(FLAGS_checkpoint_keep) < 1) {
     return absl::InvalidArgumentError("--checkpoint_keep must be >= 1");
   }
+  if (absl::GetFlag(FLAGS_merge_threads) < 0) {
+    return absl::InvalidArgumentError("--merge_threads must be >= 0");
+  }
   const int port = absl::GetFlag(FLAGS_port);
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
   if (port < 0 || port > 65535 || metrics_port < 0 || metrics_port > 65535) {
@@ -131,7 +137,9 @@ absl::StatusOr<ShardOptions> OptionsFromFlags() {
 absl::Status RunServer(const ShardOptions& options) {
   absl::StatusOr<DeviceChoice> device = ParseDeviceChoice(absl::GetFlag(FLAGS_device));
   if (!device.ok()) return device.status();
-  absl::StatusOr<std::unique_ptr<MergeBackend>> backend = NewMergeBackend(*device);
+  int threads = absl::GetFlag(FLAGS_merge_threads);
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  absl::StatusOr<std::unique_ptr<MergeBackend>> backend = NewMergeBackend(*device, threads);
   if (!backend.ok()) return backend.status();
   const std::string device_name = (*backend)->Name();
 

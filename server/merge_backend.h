@@ -32,6 +32,14 @@ struct MergeParams {
   int64_t global_offset = 0;           // global index of the shard's element 0
 };
 
+// PointOut: where a contributor's next evaluation point x_k = w_out + delta_k goes,
+// already in its wire encoding: exactly one of the two spans has the shard's d
+// elements (bf16: round to nearest even).
+struct PointOut {
+  std::span<float> f32;
+  std::span<uint16_t> bf16;
+};
+
 // MergeInputs: the step's contributors. Spans point at buffers owned by the caller
 // (the shard core) and stay valid for the call.
 struct MergeInputs {
@@ -61,52 +69,59 @@ class MergeBackend {
 
   // MergeInto: one step. Reads w and v (size d) and writes the updated ones to w_out
   // and v_out, which may be w and v themselves or other buffers of size d (the shard
-  // core keeps the old state until it knows the new one is finite); deltas[k] (size d)
-  // receives contributor k's perturbation (left untouched in mode none); stats->finite
-  // says whether w_out and v_out are free of NaN and infinity.
-  // REQUIRES: inputs non-empty, all sizes equal d, deltas.size() == grads.size().
-  // Errors: INTERNAL for device failures; w_out, v_out are then unspecified only on the
-  // device backend's failure after launch, which it reports with context.
+  // core keeps the old state until it knows the new one is finite). Writes contributor
+  // k's next evaluation point x_k = w_out + delta_k to points[k] in its encoding (in
+  // mode none points may be empty: every worker gets w_out). stats->finite says
+  // whether w_out and v_out are free of NaN and infinity.
+  // REQUIRES: inputs non-empty, all sizes equal d, points.size() == grads.size() (or
+  // empty in mode none).
+  // Errors: INVALID_ARGUMENT for inconsistent sizes; INTERNAL for device failures
+  // (w_out, v_out are then unspecified; the backend reports the failure with context).
   virtual absl::Status MergeInto(const MergeParams& params, const MergeInputs& inputs,
                                  std::span<const float> w, std::span<const float> v,
                                  std::span<float> w_out, std::span<float> v_out,
-                                 std::span<const std::span<float>> deltas,
-                                 MergeStats* stats) = 0;
+                                 std::span<const PointOut> points, MergeStats* stats) = 0;
 
   // Merge: MergeInto with w and v updated in place.
   absl::Status Merge(const MergeParams& params, const MergeInputs& inputs, std::span<float> w,
-                     std::span<float> v, std::span<const std::span<float>> deltas,
-                     MergeStats* stats) {
-    return MergeInto(params, inputs, w, v, w, v, deltas, stats);
+                     std::span<float> v, std::span<const PointOut> points, MergeStats* stats) {
+    return MergeInto(params, inputs, w, v, w, v, points, stats);
   }
 };
 
 // ValidateMergeInputs: the size checks every backend makes before it touches w, v or
 // a delta. INVALID_ARGUMENT naming the mismatch.
-inline absl::Status ValidateMergeInputs(const MergeInputs& in, std::span<const float> w,
-                                        std::span<const float> v,
-                                        std::span<const std::span<float>> deltas,
-                                        size_t w_out_size, size_t v_out_size) {
+inline absl::Status ValidateMergeInputs(const MergeParams& p, const MergeInputs& in,
+                                        std::span<const float> w, std::span<const float> v,
+                                        std::span<const PointOut> points, size_t w_out_size,
+                                        size_t v_out_size) {
   const size_t num = in.grads.size();
   const size_t d = w.size();
   if (num == 0) return absl::InvalidArgumentError("merge with no gradients");
-  if (in.num_samples.size() != num || in.ranks.size() != num || deltas.size() != num ||
-      v.size() != d || w_out_size != d || v_out_size != d) {
+  const bool points_needed = p.mode != SmoothingMode::kNone;
+  if (in.num_samples.size() != num || in.ranks.size() != num || v.size() != d ||
+      w_out_size != d || v_out_size != d ||
+      (points.size() != num && (points_needed || !points.empty()))) {
     return absl::InvalidArgumentError("merge inputs disagree in size");
   }
   for (size_t k = 0; k < num; ++k) {
-    if (in.grads[k].size() != d || deltas[k].size() != d) {
-      return absl::InvalidArgumentError(absl::StrCat("contributor ", k, " has ",
-                                                     in.grads[k].size(), " gradient and ",
-                                                     deltas[k].size(), " delta elements, not ", d));
+    if (in.grads[k].size() != d) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("contributor ", k, " has ", in.grads[k].size(), " gradient elements, not ", d));
+    }
+    if (k < points.size() && (points[k].f32.size() == d) == (points[k].bf16.size() == d)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("contributor ", k, " needs exactly one point buffer of ", d, " elements"));
     }
   }
   return absl::OkStatus();
 }
 
-// NewCpuMergeBackend: the reference backend, blocked for cache reuse (one pass over
-// the gradients), single-threaded.
-std::unique_ptr<MergeBackend> NewCpuMergeBackend();
+// NewCpuMergeBackend: the reference backend: blocks of the shard in cache (one pass
+// over the gradients, a second only for isotropic noise or a perturbation cap) on
+// `threads` threads; per-block partial sums are added in block order, so the results
+// do not depend on the thread count.
+std::unique_ptr<MergeBackend> NewCpuMergeBackend(int threads = 1);
 
 }  // namespace gnc
 

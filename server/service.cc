@@ -1,10 +1,15 @@
 #include "server/service.h"
 
+#include <algorithm>
+#include <memory>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "common/codec.h"
 #include "common/grpc_status.h"
+#include "common/wire.h"
 
 namespace gnc {
 namespace {
@@ -25,6 +30,16 @@ grpc::Status Invalid(std::string message) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(message));
 }
 
+void JobStateToProto(const JobStateInfo& info, v1::JobState* out) {
+  out->set_initialized(info.initialized);
+  out->set_job_id(info.job.job_id);
+  out->set_generation(info.job.generation);
+  out->set_step(info.step);
+  for (int64_t s : info.rewind_steps) out->add_rewind_steps(s);
+  out->set_diverged(info.diverged);
+  out->set_restored(info.restored);
+}
+
 // StreamEnd: the status a Train stream ends with. A stream superseded by a newer one
 // for its rank (CANCELLED in the core) ends with FAILED_PRECONDITION, so that the
 // older process stops instead of taking the rank back.
@@ -38,15 +53,456 @@ grpc::Status StreamEnd(int rank, const absl::Status& s) {
   return ToGrpcStatus(s);
 }
 
-void JobStateToProto(const JobStateInfo& info, v1::JobState* out) {
-  out->set_initialized(info.initialized);
-  out->set_job_id(info.job.job_id);
-  out->set_generation(info.job.generation);
-  out->set_step(info.step);
-  for (int64_t s : info.rewind_steps) out->add_rewind_steps(s);
-  out->set_diverged(info.diverged);
-  out->set_restored(info.restored);
+grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const grpc::Status& s) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(s);
+  return reactor;
 }
+
+// ChunkElements: elements per message of a point or a pull: 1 MiB of float32.
+constexpr int64_t kChunkElements = kDefaultChunkElements;
+
+// TrainReactor: one worker's Train stream. Its phases alternate, so at most one read
+// or write is outstanding: receive a gradient (reads), acknowledge it (one write),
+// then fetch and send the next point (writes) — or wait for it, told by the core
+// through a Hook. mu_ orders those phases against OnCancel and the core's notice.
+class TrainReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  // Hook: what the core holds while the stream waits; forwards to the reactor while it
+  // lives.
+  class Hook final : public PointWaiter {
+   public:
+    explicit Hook(TrainReactor* reactor) : reactor_(reactor) {}
+    void OnPointReady() override {
+      absl::MutexLock lock(&mu_);
+      if (reactor_ != nullptr) reactor_->PointReady();
+    }
+    void Detach() {
+      absl::MutexLock lock(&mu_);
+      reactor_ = nullptr;
+    }
+
+   private:
+    absl::Mutex mu_;
+    TrainReactor* reactor_ ABSL_GUARDED_BY(mu_);
+  };
+
+  TrainReactor(ShardCore* core, ShardObserver* observer)
+      : core_(core), observer_(observer), hook_(std::make_shared<Hook>(this)) {
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+
+ private:
+  enum class State { kHello, kReceiving, kAcking, kFetching, kWaiting, kSending, kFinished };
+
+  void PointReady();
+  void Fetch();
+  void SendChunk();
+  void Receive(const TrainRequestView& msg);
+  void Read(State state);
+  void End(const grpc::Status& status);
+
+  ShardCore* const core_;
+  ShardObserver* const observer_;
+  const std::shared_ptr<Hook> hook_;
+
+  absl::Mutex mu_;
+  State state_ ABSL_GUARDED_BY(mu_) = State::kHello;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool ready_pending_ ABSL_GUARDED_BY(mu_) = false;  // a notice came while fetching
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Touched only by the phase that is active (the states above serialise them).
+  grpc::ByteBuffer in_, out_;
+  std::vector<grpc::Slice> slices_;
+  int rank_ = -1;
+  uint64_t session_ = 0;
+  WireDType dtype_ = WireDType::kFloat32;
+  PointTag sent_;          // the last point sent in full
+  PointTag sending_;       // the point being sent
+  PointBytes point_;       // its bytes, held until sent
+  int64_t next_offset_ = 0;
+  int64_t point_elements_ = 0;
+  bool late_pending_ = false;  // a late attempt: the point follows its last chunk
+  absl::Status verdict_;
+  bool verdict_last_ = false;
+};
+
+void TrainReactor::Read(State state) {
+  {
+    absl::MutexLock lock(&mu_);
+    state_ = state;
+  }
+  StartRead(&in_);
+}
+
+void TrainReactor::End(const grpc::Status& status) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    finished_ = true;
+    state_ = State::kFinished;
+  }
+  point_ = PointBytes();
+  Finish(status);
+}
+
+void TrainReactor::OnReadDone(bool ok) {
+  if (!ok) {  // the worker closed its side, or the call was cancelled
+    End(grpc::Status::OK);
+    return;
+  }
+  TrainRequestView msg;
+  if (absl::Status s = ParseTrainRequest(in_, &slices_, &msg); !s.ok()) {
+    End(ToGrpcStatus(s));
+    return;
+  }
+  if (rank_ < 0) {
+    if (msg.kind != TrainRequestView::Kind::kHello) {
+      End(Invalid("the first message of a Train stream must be a Hello"));
+      return;
+    }
+    absl::StatusOr<WireDType> dtype = ToWireDType(msg.wire_dtype);
+    if (!dtype.ok()) {
+      End(ToGrpcStatus(dtype.status()));
+      return;
+    }
+    absl::StatusOr<uint64_t> session = core_->OpenStream(msg.rank, *dtype);
+    if (!session.ok()) {
+      End(ToGrpcStatus(session.status()));
+      return;
+    }
+    rank_ = msg.rank;
+    session_ = *session;
+    dtype_ = *dtype;
+    // A restarted worker whose gradient for the current step is already in gets the
+    // next step's point: Fetch waits for it.
+    Fetch();
+    return;
+  }
+  if (msg.kind != TrainRequestView::Kind::kGradient) {
+    End(Invalid("expected a Gradient message after the Hello"));
+    return;
+  }
+  Receive(msg);
+}
+
+void TrainReactor::Receive(const TrainRequestView& msg) {
+  GradientChunk chunk;
+  chunk.rank = rank_;
+  chunk.session = session_;
+  chunk.generation = msg.generation;
+  chunk.step = msg.step;
+  chunk.num_samples = msg.num_samples;
+  chunk.offset = msg.chunk.offset;
+  chunk.last = msg.chunk.last;
+  absl::StatusOr<WireDType> dtype = ToWireDType(msg.chunk.dtype);
+  absl::StatusOr<int64_t> count = PayloadElements(msg.chunk.data.size, msg.chunk.dtype);
+  if (!dtype.ok()) {
+    chunk.decode_status = dtype.status();
+  } else if (!count.ok()) {
+    chunk.decode_status = count.status();
+  } else {
+    chunk.dtype = *dtype;
+    chunk.payload = &msg.chunk.data;
+  }
+  absl::StatusOr<PushOutcome> outcome = core_->PushGradient(chunk);
+  slices_.clear();  // the payload has been copied into the slot
+  if (outcome.ok() && *outcome != PushOutcome::kCommitted) {
+    if (late_pending_ && chunk.last) {
+      late_pending_ = false;
+      Fetch();
+    } else {
+      Read(State::kReceiving);
+    }
+    return;
+  }
+  if (absl::IsCancelled(outcome.status())) {
+    End(StreamEnd(rank_, outcome.status()));
+    return;
+  }
+  verdict_ = outcome.status();
+  verdict_last_ = chunk.last;
+  out_ = EncodeAck(chunk.step, static_cast<int32_t>(verdict_.code()),
+                   std::string(verdict_.message()));
+  {
+    absl::MutexLock lock(&mu_);
+    state_ = State::kAcking;
+  }
+  StartWrite(&out_);
+}
+
+void TrainReactor::OnWriteDone(bool ok) {
+  if (!ok) {
+    End(grpc::Status(grpc::StatusCode::CANCELLED, "the worker went away"));
+    return;
+  }
+  State state;
+  {
+    absl::MutexLock lock(&mu_);
+    state = state_;
+  }
+  if (state == State::kSending) {
+    if (next_offset_ < point_elements_) {
+      SendChunk();
+      return;
+    }
+    sent_ = sending_;
+    point_ = PointBytes();  // sent: the publication may reuse the buffer
+    Read(State::kReceiving);
+    return;
+  }
+  // An Ack went out. Accepted: the next point follows when the step completes. Late:
+  // the point follows the attempt's last chunk (both sides writing at once could fill
+  // both flow-control windows). A bad gradient: the worker may send it again.
+  if (verdict_.ok() || (absl::IsAborted(verdict_) && verdict_last_)) {
+    Fetch();
+  } else {
+    late_pending_ = absl::IsAborted(verdict_);
+    Read(State::kReceiving);
+  }
+}
+
+void TrainReactor::PointReady() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (state_ != State::kWaiting) {
+      ready_pending_ = true;
+      return;
+    }
+    state_ = State::kFetching;
+  }
+  Fetch();
+}
+
+void TrainReactor::Fetch() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (cancelled_ || finished_) break;
+      state_ = State::kFetching;
+      ready_pending_ = false;
+    }
+    absl::StatusOr<std::shared_ptr<const Publication>> pub =
+        core_->NextPoint(rank_, session_, sent_, hook_);
+    if (!pub.ok()) {
+      End(StreamEnd(rank_, pub.status()));
+      return;
+    }
+    if (*pub != nullptr) {
+      sending_ = (*pub)->tag();
+      point_ = (*pub)->For(rank_, dtype_);
+      point_elements_ =
+          static_cast<int64_t>(point_.bytes.size() / ElementBytes(dtype_));
+      next_offset_ = 0;
+      {
+        absl::MutexLock lock(&mu_);
+        state_ = State::kSending;
+      }
+      SendChunk();
+      return;
+    }
+    absl::MutexLock lock(&mu_);
+    if (cancelled_) break;
+    if (!ready_pending_) {
+      state_ = State::kWaiting;  // the core tells the hook when a point is due
+      return;
+    }
+  }
+  End(grpc::Status(grpc::StatusCode::CANCELLED, "the worker went away"));
+}
+
+void TrainReactor::SendChunk() {
+  const int64_t count = std::min(kChunkElements, point_elements_ - next_offset_);
+  const size_t width = ElementBytes(dtype_);
+  out_ = EncodeEvalPointChunk(
+      sending_.step, sending_.job.job_id, sending_.job.generation, next_offset_,
+      ToProtoDType(dtype_), next_offset_ + count == point_elements_,
+      point_.bytes.subspan(static_cast<size_t>(next_offset_) * width, count * width),
+      point_.owner);
+  next_offset_ += count;
+  if (observer_ != nullptr) observer_->OnSentBytes(count * static_cast<int64_t>(width));
+  StartWrite(&out_);
+}
+
+void TrainReactor::OnCancel() {
+  {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    // A waiting stream has nothing outstanding that would end it: end it here. Any
+    // other phase sees its read or write fail and ends.
+    if (state_ != State::kWaiting) return;
+    state_ = State::kFetching;
+  }
+  End(grpc::Status(grpc::StatusCode::CANCELLED, "the worker went away"));
+}
+
+void TrainReactor::OnDone() {
+  hook_->Detach();
+  if (session_ != 0) core_->CloseStream(rank_, session_);
+  delete this;
+}
+
+// OfferReactor: the chunks of w0, decoded into one vector, then offered to the core.
+class OfferReactor final : public grpc::ServerReadReactor<v1::OfferParametersRequest> {
+ public:
+  OfferReactor(ShardCore* core, v1::OfferParametersResponse* resp) : core_(core), resp_(resp) {
+    StartRead(&req_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Complete();
+      return;
+    }
+    if (first_) {
+      first_ = false;
+      rank_ = req_.rank();
+      job_id_ = req_.job_id();
+      absl::StatusOr<int64_t> size = core_->ShardSize();
+      if (!size.ok()) {
+        Finish(ToGrpcStatus(size.status()));
+        return;
+      }
+      values_.resize(*size);
+    }
+    if (done_) {
+      Finish(Invalid("chunk after the one marked last"));
+      return;
+    }
+    const v1::Chunk& chunk = req_.chunk();
+    absl::StatusOr<int64_t> count = ChunkElementCount(chunk);
+    if (!count.ok()) {
+      Finish(ToGrpcStatus(count.status()));
+      return;
+    }
+    const int64_t size = static_cast<int64_t>(values_.size());
+    if (chunk.offset() != next_) {
+      Finish(Invalid(absl::StrCat("offer chunk at offset ", chunk.offset(), ", expected ", next_)));
+      return;
+    }
+    if (next_ + *count > size) {
+      Finish(Invalid(absl::StrCat("offer exceeds the shard's ", size, " elements")));
+      return;
+    }
+    if (absl::Status s = DecodeChunk(chunk, std::span<float>(values_.data() + next_, *count));
+        !s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
+    next_ += *count;
+    done_ = chunk.last();
+    StartRead(&req_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Complete() {
+    if (first_) {
+      Finish(Invalid("offer stream carried no chunk"));
+      return;
+    }
+    if (!done_ || next_ != static_cast<int64_t>(values_.size())) {
+      Finish(Invalid(absl::StrCat("offer ended after ", next_, " of ", values_.size(),
+                                  " elements without a chunk marked last")));
+      return;
+    }
+    absl::StatusOr<OfferResult> result =
+        core_->OfferParameters(rank_, job_id_, std::move(values_));
+    if (!result.ok()) {
+      Finish(ToGrpcStatus(result.status()));
+      return;
+    }
+    resp_->set_accepted(result->accepted);
+    resp_->set_job_id(result->job_id);
+    Finish(grpc::Status::OK);
+  }
+
+  ShardCore* const core_;
+  v1::OfferParametersResponse* const resp_;
+  v1::OfferParametersRequest req_;
+  std::vector<float> values_;
+  int rank_ = 0;
+  uint64_t job_id_ = 0;
+  int64_t next_ = 0;
+  bool first_ = true;
+  bool done_ = false;
+};
+
+// PullReactor: the current w, in chunks straight from the publication.
+class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  PullReactor(ShardCore* core, ShardObserver* observer, const grpc::ByteBuffer* request)
+      : observer_(observer) {
+    v1::PullRequest req;
+    std::vector<grpc::Slice> slices;
+    std::string bytes;
+    if (request->Dump(&slices).ok()) {
+      for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+    if (!req.ParseFromString(bytes)) {
+      Finish(Invalid("malformed PullRequest"));
+      return;
+    }
+    absl::StatusOr<WireDType> dtype = ToWireDType(req.dtype());
+    if (!dtype.ok()) {
+      Finish(ToGrpcStatus(dtype.status()));
+      return;
+    }
+    std::shared_ptr<const Publication> pub = core->Current();
+    if (pub == nullptr) {
+      Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "parameters have not been offered yet"));
+      return;
+    }
+    dtype_ = *dtype;
+    tag_ = pub->tag();
+    point_ = pub->For(-1, dtype_);
+    elements_ = static_cast<int64_t>(point_.bytes.size() / ElementBytes(dtype_));
+    Next();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client went away"));
+      return;
+    }
+    if (next_ >= elements_) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    Next();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Next() {
+    const int64_t count = std::min(kChunkElements, elements_ - next_);
+    const size_t width = ElementBytes(dtype_);
+    out_ = EncodePullChunk(tag_.step, tag_.job.job_id, tag_.job.generation, next_,
+                           ToProtoDType(dtype_), next_ + count == elements_,
+                           point_.bytes.subspan(static_cast<size_t>(next_) * width, count * width),
+                           point_.owner);
+    next_ += count;
+    if (observer_ != nullptr) observer_->OnSentBytes(count * static_cast<int64_t>(width));
+    StartWrite(&out_);
+  }
+
+  ShardObserver* const observer_;
+  WireDType dtype_ = WireDType::kFloat32;
+  PointTag tag_;
+  PointBytes point_;
+  int64_t elements_ = 0;
+  int64_t next_ = 0;
+  grpc::ByteBuffer out_;
+};
 
 }  // namespace
 
@@ -67,10 +523,11 @@ void LayoutToProto(const ModelLayout& layout, v1::ModelLayout* proto) {
   }
 }
 
-grpc::Status ParameterShardService::Join(grpc::ServerContext*, const v1::JoinRequest* req,
-                                         v1::JoinResponse* resp) {
+grpc::ServerUnaryReactor* ParameterShardService::Join(grpc::CallbackServerContext* ctx,
+                                                      const v1::JoinRequest* req,
+                                                      v1::JoinResponse* resp) {
   absl::StatusOr<ModelLayout> layout = LayoutFromProto(req->layout());
-  if (!layout.ok()) return ToGrpcStatus(layout.status());
+  if (!layout.ok()) return Done(ctx, ToGrpcStatus(layout.status()));
   JoinArgs args;
   args.rank = req->rank();
   args.num_workers = req->num_workers();
@@ -81,7 +538,7 @@ grpc::Status ParameterShardService::Join(grpc::ServerContext*, const v1::JoinReq
   args.config_hash = req->config_hash();
   args.job_id = req->job_id();
   absl::StatusOr<JoinInfo> info = core_->Join(args);
-  if (!info.ok()) return ToGrpcStatus(info.status());
+  if (!info.ok()) return Done(ctx, ToGrpcStatus(info.status()));
   resp->set_shard_begin(info->range.begin);
   resp->set_shard_end(info->range.end);
   resp->set_needs_parameters(info->needs_parameters);
@@ -91,202 +548,33 @@ grpc::Status ParameterShardService::Join(grpc::ServerContext*, const v1::JoinReq
   JobStateToProto(info->job, resp->mutable_job());
   resp->set_mode(ModeToProto(core_->options().mode));
   resp->set_total_steps(core_->options().lr.total_steps);
-  return grpc::Status::OK;
+  return Done(ctx, grpc::Status::OK);
 }
 
-grpc::Status ParameterShardService::OfferParameters(
-    grpc::ServerContext*, grpc::ServerReader<v1::OfferParametersRequest>* reader,
-    v1::OfferParametersResponse* resp) {
-  v1::OfferParametersRequest req;
-  if (!reader->Read(&req)) return Invalid("offer stream carried no chunk");
-  const int rank = req.rank();
-  const uint64_t job_id = req.job_id();
-  absl::StatusOr<int64_t> size = core_->ShardSize();
-  if (!size.ok()) return ToGrpcStatus(size.status());
-  std::vector<float> values(*size);
-  int64_t next = 0;
-  bool done = false;
-  do {
-    if (done) return Invalid("chunk after the one marked last");
-    const v1::Chunk& chunk = req.chunk();
-    absl::StatusOr<int64_t> count = ChunkElementCount(chunk);
-    if (!count.ok()) return ToGrpcStatus(count.status());
-    if (chunk.offset() != next) {
-      return Invalid(absl::StrCat("offer chunk at offset ", chunk.offset(), ", expected ", next));
-    }
-    if (next + *count > *size) {
-      return Invalid(absl::StrCat("offer exceeds the shard's ", *size, " elements"));
-    }
-    absl::Status s = DecodeChunk(chunk, std::span<float>(values.data() + next, *count));
-    if (!s.ok()) return ToGrpcStatus(s);
-    next += *count;
-    done = chunk.last();
-  } while (reader->Read(&req));
-  if (!done || next != *size) {
-    return Invalid(absl::StrCat("offer ended after ", next, " of ", *size,
-                                " elements without a chunk marked last"));
-  }
-  absl::StatusOr<OfferResult> result = core_->OfferParameters(rank, job_id, std::move(values));
-  if (!result.ok()) return ToGrpcStatus(result.status());
-  resp->set_accepted(result->accepted);
-  resp->set_job_id(result->job_id);
-  return grpc::Status::OK;
+grpc::ServerReadReactor<v1::OfferParametersRequest>* ParameterShardService::OfferParameters(
+    grpc::CallbackServerContext*, v1::OfferParametersResponse* resp) {
+  return new OfferReactor(core_, resp);
 }
 
-absl::StatusOr<PointTag> ParameterShardService::SendEvalPoint(grpc::ServerContext* ctx,
-                                                              TrainStream* stream, int rank,
-                                                              uint64_t session,
-                                                              const PointTag& sent) {
-  absl::StatusOr<int64_t> size = core_->ShardSize();
-  if (!size.ok()) return size.status();
-  v1::TrainResponse resp;
-  PointTag last = sent;
-  while (true) {
-    absl::StatusOr<PointTag> tag =
-        core_->WaitForPoint(rank, session, last, absl::Milliseconds(200));
-    if (absl::IsDeadlineExceeded(tag.status())) {
-      if (ctx->IsCancelled()) return absl::CancelledError("client went away");
-      continue;
-    }
-    if (!tag.ok()) return tag.status();
-    bool moved_on = false;
-    for (int64_t offset = 0; offset < *size; offset += kDefaultChunkElements) {
-      const int64_t count = std::min(kDefaultChunkElements, *size - offset);
-      v1::TrainResponse::EvalPoint* point = resp.mutable_eval_point();
-      point->set_step(tag->step);
-      point->set_job_id(tag->job.job_id);
-      point->set_generation(tag->job.generation);
-      v1::Chunk* chunk = point->mutable_chunk();
-      chunk->set_offset(offset);
-      chunk->set_last(offset + count == *size);
-      absl::Status s = core_->ReadEvalPoint(
-          rank, *tag, offset, count,
-          [chunk](std::span<const float> w, std::span<const float> delta) {
-            return EncodeChunk(w, delta, v1::FLOAT32, chunk);
-          });
-      if (absl::IsAborted(s)) {
-        moved_on = true;  // the step completed meanwhile: send the new one
-        break;
-      }
-      if (!s.ok()) return s;
-      if (!stream->Write(resp)) return absl::CancelledError("client went away");
-      CountSent(*chunk);
-    }
-    if (!moved_on) return *tag;
-    last = PointTag();  // whatever is current now
-    if (ctx->IsCancelled()) return absl::CancelledError("client went away");
-  }
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ParameterShardService::Train(
+    grpc::CallbackServerContext*) {
+  return new TrainReactor(core_, observer_);
 }
 
-grpc::Status ParameterShardService::Train(grpc::ServerContext* ctx, TrainStream* stream) {
-  v1::TrainRequest req;
-  if (!stream->Read(&req)) return Invalid("Train stream closed before its Hello");
-  if (!req.has_hello()) return Invalid("the first message of a Train stream must be a Hello");
-  const int rank = req.hello().rank();
-  absl::StatusOr<uint64_t> session = core_->OpenStream(rank);
-  if (!session.ok()) return ToGrpcStatus(session.status());
-  struct Closer {
-    ShardCore* core;
-    int rank;
-    uint64_t session;
-    ~Closer() { core->CloseStream(rank, session); }
-  } closer{core_, rank, *session};
-
-  // A restarted worker whose gradient for the current step is already in gets the
-  // next step's point: SendEvalPoint waits for it.
-  absl::StatusOr<PointTag> sent = SendEvalPoint(ctx, stream, rank, *session, PointTag());
-  if (!sent.ok()) return StreamEnd(rank, sent.status());
-
-  std::vector<float> scratch;
-  v1::TrainResponse ack_msg;
-  // After a late (ABORTED) chunk the next evaluation point waits until the worker
-  // has finished writing that gradient: both sides writing at once could fill both
-  // flow-control windows and deadlock.
-  bool eval_after_attempt = false;
-  while (stream->Read(&req)) {
-    if (!req.has_gradient()) return Invalid("expected a Gradient message after the Hello");
-    const v1::TrainRequest::Gradient& g = req.gradient();
-    GradientChunk chunk;
-    chunk.rank = rank;
-    chunk.session = *session;
-    chunk.generation = g.generation();
-    chunk.step = g.step();
-    chunk.num_samples = g.num_samples();
-    chunk.offset = g.chunk().offset();
-    chunk.last = g.chunk().last();
-    absl::StatusOr<std::span<const float>> values = ChunkValues(g.chunk(), &scratch);
-    if (values.ok()) {
-      chunk.values = *values;
-    } else {
-      chunk.decode_status = values.status();
-    }
-    absl::StatusOr<PushOutcome> outcome = core_->PushGradient(chunk);
-    if (outcome.ok() &&
-        (*outcome == PushOutcome::kContinue || *outcome == PushOutcome::kDropped)) {
-      if (eval_after_attempt && chunk.last) {
-        eval_after_attempt = false;
-        sent = SendEvalPoint(ctx, stream, rank, *session, *sent);
-        if (!sent.ok()) return StreamEnd(rank, sent.status());
-      }
-      continue;
-    }
-    if (absl::IsCancelled(outcome.status())) {
-      return StreamEnd(rank, outcome.status());
-    }
-    v1::TrainResponse::Ack* ack = ack_msg.mutable_ack();
-    ack->set_step(chunk.step);
-    ack->set_code(static_cast<int>(outcome.status().code()));
-    ack->set_message(std::string(outcome.status().message()));
-    if (!stream->Write(ack_msg)) return grpc::Status::OK;
-    if (outcome.ok()) {
-      // Accepted: the next evaluation point follows when the step completes.
-    } else if (!absl::IsAborted(outcome.status())) {
-      eval_after_attempt = false;
-      continue;  // a bad gradient: the worker may send the step's gradient again
-    } else if (!chunk.last) {
-      eval_after_attempt = true;  // late: the point follows the attempt's last chunk
-      continue;
-    }
-    // Accepted, or late: the worker carries on with the next point due.
-    sent = SendEvalPoint(ctx, stream, rank, *session, *sent);
-    if (!sent.ok()) return StreamEnd(rank, sent.status());
-  }
-  return grpc::Status::OK;
+grpc::ServerWriteReactor<grpc::ByteBuffer>* ParameterShardService::PullParameters(
+    grpc::CallbackServerContext*, const grpc::ByteBuffer* req) {
+  return new PullReactor(core_, observer_, req);
 }
 
-grpc::Status ParameterShardService::PullParameters(grpc::ServerContext*,
-                                                   const v1::PullRequest* req,
-                                                   grpc::ServerWriter<v1::PullResponse>* writer) {
-  if (!ElementSize(req->dtype()).ok()) return ToGrpcStatus(ElementSize(req->dtype()).status());
-  std::vector<float> w;
-  PointTag tag;
-  absl::Status s = core_->Snapshot(&w, &tag);
-  if (!s.ok()) return ToGrpcStatus(s);
-  const int64_t size = static_cast<int64_t>(w.size());
-  v1::PullResponse resp;
-  resp.set_job_id(tag.job.job_id);
-  resp.set_generation(tag.job.generation);
-  for (int64_t offset = 0; offset < size; offset += kDefaultChunkElements) {
-    const int64_t count = std::min(kDefaultChunkElements, size - offset);
-    resp.set_step(tag.step);
-    v1::Chunk* chunk = resp.mutable_chunk();
-    chunk->set_offset(offset);
-    chunk->set_last(offset + count == size);
-    s = EncodeChunk(std::span<const float>(w.data() + offset, count), {}, req->dtype(), chunk);
-    if (!s.ok()) return ToGrpcStatus(s);
-    if (!writer->Write(resp)) return grpc::Status::OK;
-    CountSent(*chunk);
-  }
-  return grpc::Status::OK;
+grpc::ServerUnaryReactor* ParameterShardService::Leave(grpc::CallbackServerContext* ctx,
+                                                       const v1::LeaveRequest* req,
+                                                       v1::LeaveResponse*) {
+  return Done(ctx, ToGrpcStatus(core_->Leave(req->rank())));
 }
 
-grpc::Status ParameterShardService::Leave(grpc::ServerContext*, const v1::LeaveRequest* req,
-                                          v1::LeaveResponse*) {
-  return ToGrpcStatus(core_->Leave(req->rank()));
-}
-
-grpc::Status ParameterShardService::GetStatus(grpc::ServerContext*, const v1::StatusRequest*,
-                                              v1::StatusResponse* resp) {
+grpc::ServerUnaryReactor* ParameterShardService::GetStatus(grpc::CallbackServerContext* ctx,
+                                                           const v1::StatusRequest*,
+                                                           v1::StatusResponse* resp) {
   const ShardOptions& o = core_->options();
   const ShardStatus s = core_->GetStatus();
   resp->set_shard_index(o.shard_index);
@@ -308,15 +596,17 @@ grpc::Status ParameterShardService::GetStatus(grpc::ServerContext*, const v1::St
   JobStateToProto(s.job, resp->mutable_job());
   for (int r : s.waiting_for) resp->add_waiting_for_ranks(r);
   resp->set_waiting_seconds(absl::ToDoubleSeconds(s.waited));
-  return grpc::Status::OK;
+  return Done(ctx, grpc::Status::OK);
 }
 
-grpc::Status ParameterShardService::Rewind(grpc::ServerContext*, const v1::RewindRequest* req,
-                                           v1::JobState* resp) {
-  absl::StatusOr<JobStateInfo> info = core_->Rewind(req->job_id(), req->step(), req->generation());
-  if (!info.ok()) return ToGrpcStatus(info.status());
+grpc::ServerUnaryReactor* ParameterShardService::Rewind(grpc::CallbackServerContext* ctx,
+                                                        const v1::RewindRequest* req,
+                                                        v1::JobState* resp) {
+  absl::StatusOr<JobStateInfo> info =
+      core_->Rewind(req->job_id(), req->step(), req->generation());
+  if (!info.ok()) return Done(ctx, ToGrpcStatus(info.status()));
   JobStateToProto(*info, resp);
-  return grpc::Status::OK;
+  return Done(ctx, grpc::Status::OK);
 }
 
 }  // namespace gnc

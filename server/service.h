@@ -1,6 +1,12 @@
-// ParameterShardService: the gRPC adapter over a ShardCore. It converts proto <->
-// domain types and absl::Status <-> grpc::Status, and nothing else: every decision
-// is the core's. Thread-safe (the sync gRPC server calls it from its pool).
+// ParameterShardService: the gRPC adapter over a ShardCore, on gRPC's callback API.
+// It converts proto <-> domain types and absl::Status <-> grpc::Status, and nothing
+// else: every decision is the core's. Train and PullParameters are raw (ByteBuffer)
+// methods on the hand-encoded wire format (common/wire.h): one reactor per stream
+// copies each received chunk once, into the worker's slot, and sends each point from
+// the step's Publication without a copy; a stream that waits for the next point is
+// told by the core when it is published. No thread per stream, no polling.
+//
+// Thread-safe (gRPC calls it from its callback threads).
 #ifndef GNC_SERVER_SERVICE_H_
 #define GNC_SERVER_SERVICE_H_
 
@@ -17,42 +23,37 @@ namespace gnc {
 absl::StatusOr<ModelLayout> LayoutFromProto(const v1::ModelLayout& proto);
 void LayoutToProto(const ModelLayout& layout, v1::ModelLayout* proto);
 
-class ParameterShardService final : public v1::ParameterShard::Service {
+namespace internal {
+using PS = v1::ParameterShard;
+using ShardServiceBase = PS::WithCallbackMethod_Join<PS::WithCallbackMethod_OfferParameters<
+    PS::WithRawCallbackMethod_Train<PS::WithRawCallbackMethod_PullParameters<
+        PS::WithCallbackMethod_Leave<PS::WithCallbackMethod_GetStatus<
+            PS::WithCallbackMethod_Rewind<PS::Service>>>>>>>;
+}  // namespace internal
+
+class ParameterShardService final : public internal::ShardServiceBase {
  public:
-  // REQUIRES: core (and observer, if not null) outlive the service.
+  // REQUIRES: core (and observer, if not null) outlive the service and every call.
   explicit ParameterShardService(ShardCore* core, ShardObserver* observer = nullptr)
       : core_(core), observer_(observer) {}
 
-  grpc::Status Join(grpc::ServerContext* ctx, const v1::JoinRequest* req,
-                    v1::JoinResponse* resp) override;
-  grpc::Status OfferParameters(grpc::ServerContext* ctx,
-                               grpc::ServerReader<v1::OfferParametersRequest>* reader,
-                               v1::OfferParametersResponse* resp) override;
-  grpc::Status Train(grpc::ServerContext* ctx,
-                     grpc::ServerReaderWriter<v1::TrainResponse, v1::TrainRequest>* stream)
-      override;
-  grpc::Status PullParameters(grpc::ServerContext* ctx, const v1::PullRequest* req,
-                              grpc::ServerWriter<v1::PullResponse>* writer) override;
-  grpc::Status Leave(grpc::ServerContext* ctx, const v1::LeaveRequest* req,
-                     v1::LeaveResponse* resp) override;
-  grpc::Status GetStatus(grpc::ServerContext* ctx, const v1::StatusRequest* req,
-                         v1::StatusResponse* resp) override;
-  grpc::Status Rewind(grpc::ServerContext* ctx, const v1::RewindRequest* req,
-                      v1::JobState* resp) override;
+  grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* ctx, const v1::JoinRequest* req,
+                                 v1::JoinResponse* resp) override;
+  grpc::ServerReadReactor<v1::OfferParametersRequest>* OfferParameters(
+      grpc::CallbackServerContext* ctx, v1::OfferParametersResponse* resp) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Train(
+      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* PullParameters(grpc::CallbackServerContext* ctx,
+                                                             const grpc::ByteBuffer* req) override;
+  grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* ctx, const v1::LeaveRequest* req,
+                                  v1::LeaveResponse* resp) override;
+  grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* ctx,
+                                      const v1::StatusRequest* req,
+                                      v1::StatusResponse* resp) override;
+  grpc::ServerUnaryReactor* Rewind(grpc::CallbackServerContext* ctx,
+                                   const v1::RewindRequest* req, v1::JobState* resp) override;
 
  private:
-  using TrainStream = grpc::ServerReaderWriter<v1::TrainResponse, v1::TrainRequest>;
-
-  // SendEvalPoint: waits until a point other than `sent` is due for this rank, then
-  // streams it (restarting if the step moves on mid-way). Returns the tag sent, or
-  // the error that ended the stream.
-  absl::StatusOr<PointTag> SendEvalPoint(grpc::ServerContext* ctx, TrainStream* stream,
-                                         int rank, uint64_t session, const PointTag& sent);
-
-  void CountSent(const v1::Chunk& chunk) {
-    if (observer_ != nullptr) observer_->OnSentBytes(static_cast<int64_t>(chunk.data().size()));
-  }
-
   ShardCore* const core_;
   ShardObserver* const observer_;
 };

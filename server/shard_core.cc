@@ -1,3 +1,5 @@
+// ShardCore: membership, the receive stage, the barrier, the merge and publications.
+// Restores, rewinds and checkpoints are in shard_recovery.cc.
 #include "server/shard_core.h"
 
 #include <algorithm>
@@ -19,6 +21,20 @@ bool AllFinite(const MergeStats& s) {
 
 }  // namespace
 
+// MergeJob: one step's merge, prepared under the lock and run without it.
+struct ShardCore::MergeJob {
+  PointTag tag;
+  MergeParams params;
+  MergeInputs inputs;
+  std::vector<float> clip_scales;  // per contributor; 1 = not clipped
+  SharedFloats w, v;
+  std::shared_ptr<Floats> w_out, v_out;
+  std::vector<std::shared_ptr<PointBuffer>> points;  // per contributor (mode != none)
+  std::vector<PointOut> outs;
+  MergeStats stats;
+  absl::Time start;
+};
+
 ShardCore::ShardCore(ShardOptions options, std::unique_ptr<MergeBackend> backend,
                      ShardObserver* observer, ClockFn clock, CheckpointStore* checkpoints)
     : options_(std::move(options)),
@@ -26,10 +42,18 @@ ShardCore::ShardCore(ShardOptions options, std::unique_ptr<MergeBackend> backend
       observer_(observer),
       clock_(clock ? std::move(clock) : ClockFn([] { return absl::Now(); })),
       checkpoints_(checkpoints) {
+  for (int k = 0; k < options_.num_workers; ++k) slots_.push_back(std::make_unique<Slot>());
   absl::MutexLock lock(&mu_);
   workers_.resize(options_.num_workers);
+  points_.resize(options_.num_workers);
   last_step_time_ = step_began_ = clock_();
   state_.config_hash = options_.ConfigHash();
+}
+
+ShardCore::~ShardCore() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](bool* merging) { return !*merging; }, &merging_));
 }
 
 absl::Status ShardCore::CheckRank(int rank) const {
@@ -41,103 +65,11 @@ absl::Status ShardCore::CheckRank(int rank) const {
   return absl::OkStatus();
 }
 
-JobStateInfo ShardCore::JobInfo() const {
-  JobStateInfo info;
-  info.initialized = initialized_;
-  info.job = state_.job;
-  info.step = state_.step;
-  info.diverged = diverged_;
-  info.restored = restored_;
-  if (initialized_) {
-    info.rewind_steps.push_back(state_.step);
-    if (checkpoints_ != nullptr) {
-      for (const CheckpointInfo& c : checkpoints_->Candidates()) {
-        if (c.job.job_id == state_.job.job_id && c.step < state_.step &&
-            c.layout_hash == state_.layout_hash) {
-          info.rewind_steps.push_back(c.step);
-        }
-      }
-    }
-    std::sort(info.rewind_steps.begin(), info.rewind_steps.end(), std::greater<>());
-    info.rewind_steps.erase(std::unique(info.rewind_steps.begin(), info.rewind_steps.end()),
-                            info.rewind_steps.end());
-  }
-  return info;
-}
-
 absl::Status ShardCore::DivergedError() const {
   return absl::FailedPreconditionError(absl::StrCat(
       "shard ", options_.shard_index, " diverged at step ", state_.step,
       ": that step's update made the parameters non-finite; the shard keeps step ",
       state_.step, " and refuses training (see the README's Failures section)"));
-}
-
-bool ShardCore::Adopt(ShardState state, const std::string& from) {
-  const ShardRange range =
-      ShardRangeFor(state.model_elements, options_.num_shards, options_.shard_index);
-  if (range.size() != static_cast<int64_t>(state.w.size()) || range.size() == 0) {
-    LogWarning("checkpoint ", from, " refused: it holds ", state.w.size(),
-               " elements, shard ", options_.shard_index, " of a ", state.model_elements,
-               "-element model owns ", range.size());
-    return false;
-  }
-  const int64_t old_generation = state.job.generation;
-  if (state.config_hash != options_.ConfigHash()) {
-    LogWarning("shard ", options_.shard_index, ": checkpoint ", from,
-               " was written under config hash ", absl::Hex(state.config_hash),
-               "; resuming under ", absl::Hex(options_.ConfigHash()),
-               " (--resume_with_new_config)");
-  }
-  state_ = std::move(state);
-  state_.config_hash = options_.ConfigHash();
-  ++state_.job.generation;  // a restore starts a new generation
-  range_ = range;
-  has_layout_ = true;
-  initialized_ = true;
-  restored_ = true;
-  checkpointed_step_ = state_.step;
-  ResetStep();
-  step_began_ = last_step_time_ = clock_();
-  if (checkpoints_ != nullptr) checkpoints_->Truncate(state_.step, state_.job.generation);
-  LogInfo("shard ", options_.shard_index, ": restored step ", state_.step, " of job ",
-          absl::Hex(state_.job.job_id), " from ", from, " (generation ", old_generation, " -> ",
-          state_.job.generation, ")");
-  if (observer_ != nullptr) observer_->OnJobState(JobInfo());
-  return true;
-}
-
-absl::Status ShardCore::RestoreNewest() {
-  if (checkpoints_ == nullptr) return absl::OkStatus();
-  absl::MutexLock lock(&mu_);
-  for (const CheckpointInfo& info : checkpoints_->Candidates()) {
-    absl::StatusOr<ShardState> state = checkpoints_->Load(info);
-    if (state.ok() && Adopt(*std::move(state), info.path)) return absl::OkStatus();
-  }
-  LogInfo("shard ", options_.shard_index, ": no usable checkpoint; starting blank");
-  return absl::OkStatus();
-}
-
-void ShardCore::Rebind(uint64_t layout_hash, uint64_t job_id) {
-  auto fits = [&](uint64_t layout, uint64_t job) {
-    return layout == layout_hash && (job_id == 0 || job == job_id);
-  };
-  if (fits(state_.layout_hash, state_.job.job_id)) return;
-  LogWarning("shard ", options_.shard_index, ": the restored checkpoint of step ", state_.step,
-             " is refused: it belongs to job ", absl::Hex(state_.job.job_id), " with layout ",
-             absl::Hex(state_.layout_hash), ", the first worker joins with layout ",
-             absl::Hex(layout_hash),
-             job_id != 0 ? absl::StrCat(" of job ", absl::Hex(job_id)) : std::string());
-  for (const CheckpointInfo& info : checkpoints_->Candidates()) {
-    if (!fits(info.layout_hash, info.job.job_id)) continue;
-    absl::StatusOr<ShardState> state = checkpoints_->Load(info);
-    if (state.ok() && Adopt(*std::move(state), info.path)) return;
-  }
-  LogWarning("shard ", options_.shard_index, ": no checkpoint matches; starting blank");
-  state_ = ShardState();
-  state_.config_hash = options_.ConfigHash();
-  has_layout_ = initialized_ = restored_ = false;
-  range_ = ShardRange();
-  if (observer_ != nullptr) observer_->OnJobState(JobInfo());
 }
 
 absl::StatusOr<JoinInfo> ShardCore::Join(const JoinArgs& args) {
@@ -216,119 +148,118 @@ absl::StatusOr<OfferResult> ShardCore::OfferParameters(int rank, uint64_t job_id
                                                        std::vector<float> values) {
   if (absl::Status s = CheckRank(rank); !s.ok()) return s;
   const int64_t bad = FindNonFinite(values);
-  absl::MutexLock lock(&mu_);
-  if (!workers_[rank].joined) {
-    return absl::FailedPreconditionError(absl::StrCat("rank ", rank, " has not joined"));
+  Waiters wake;
+  OfferResult result;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!workers_[rank].joined) {
+      return absl::FailedPreconditionError(absl::StrCat("rank ", rank, " has not joined"));
+    }
+    if (static_cast<int64_t>(values.size()) != range_.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("offered ", values.size(),
+                                                     " parameters, shard has ", range_.size()));
+    }
+    if (bad >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("offered parameters hold a non-finite value at element ", bad));
+    }
+    if (initialized_) return OfferResult{false, state_.job.job_id};
+    if (job_id == 0) return absl::InvalidArgumentError("an offer must name a non-zero job id");
+    state_.job = JobIdentity{job_id, 0};
+    state_.step = 0;
+    state_.v = std::make_shared<const Floats>(values.size(), 0.0f);
+    state_.w = std::make_shared<const Floats>(std::move(values));
+    state_.noise = NoiseEma();
+    initialized_ = true;
+    last_step_time_ = step_began_ = clock_();
+    LogInfo("shard ", options_.shard_index, ": parameters initialised by rank ", rank, ", job ",
+            absl::Hex(job_id));
+    Checkpoint();
+    Publish(&wake);
+    if (observer_ != nullptr) observer_->OnJobState(JobInfo());
+    result = OfferResult{true, job_id};
   }
-  if (static_cast<int64_t>(values.size()) != range_.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("offered ", values.size(),
-                                                   " parameters, shard has ", range_.size()));
-  }
-  if (bad >= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("offered parameters hold a non-finite value at element ", bad));
-  }
-  if (initialized_) return OfferResult{false, state_.job.job_id};
-  if (job_id == 0) return absl::InvalidArgumentError("an offer must name a non-zero job id");
-  state_.job = JobIdentity{job_id, 0};
-  state_.step = 0;
-  state_.w = std::move(values);
-  state_.v.assign(state_.w.size(), 0.0f);
-  state_.noise = NoiseEma();
-  initialized_ = true;
-  last_step_time_ = step_began_ = clock_();
-  LogInfo("shard ", options_.shard_index, ": parameters initialised by rank ", rank, ", job ",
-          absl::Hex(job_id));
-  Checkpoint();
-  if (observer_ != nullptr) observer_->OnJobState(JobInfo());
-  return OfferResult{true, job_id};
+  Wake(wake);
+  return result;
 }
 
-absl::StatusOr<uint64_t> ShardCore::OpenStream(int rank) {
+absl::StatusOr<uint64_t> ShardCore::OpenStream(int rank, WireDType dtype) {
   if (absl::Status s = CheckRank(rank); !s.ok()) return s;
-  absl::MutexLock lock(&mu_);
-  if (draining_) return absl::UnavailableError("shard is draining");
-  Worker& w = workers_[rank];
-  if (!w.joined) {
-    return absl::FailedPreconditionError(absl::StrCat("rank ", rank, " has not joined"));
+  Slot& slot = *slots_[rank];
+  Waiters wake;
+  uint64_t session = 0;
+  {
+    absl::MutexLock slot_lock(&slot.mu);
+    absl::MutexLock lock(&mu_);
+    if (draining_) return absl::UnavailableError("shard is draining");
+    Worker& w = workers_[rank];
+    if (!w.joined) {
+      return absl::FailedPreconditionError(absl::StrCat("rank ", rank, " has not joined"));
+    }
+    if (!initialized_) {
+      return absl::FailedPreconditionError("parameters have not been offered yet");
+    }
+    if (diverged_) return DivergedError();
+    if (w.session != 0) {
+      LogWarning("shard ", options_.shard_index, ": rank ", rank,
+                 " opened a new stream; the old one is superseded");
+      if (auto old = w.waiter.lock()) wake.push_back(std::move(old));  // it ends now
+      w.waiter.reset();
+    }
+    w.session = next_session_++;
+    w.dtype = dtype;
+    w.ever_connected = true;
+    w.finished = false;
+    w.since = w.last_heard = clock_();
+    slot.expected = 0;
+    slot.poisoned = false;
+    // Resized only while the worker has no committed gradient (the merge may read it).
+    if (!w.committed && slot.g.size() != static_cast<size_t>(range_.size())) {
+      slot.g.resize(range_.size());
+    }
+    session = w.session;
+    ReportMembership();
   }
-  if (!initialized_) {
-    return absl::FailedPreconditionError("parameters have not been offered yet");
-  }
-  if (diverged_) return DivergedError();
-  if (w.session != 0) {
-    LogWarning("shard ", options_.shard_index, ": rank ", rank,
-               " opened a new stream; the old one is superseded");
-  }
-  w.session = next_session_++;
-  w.ever_connected = true;
-  w.finished = false;
-  w.since = w.last_heard = clock_();
-  w.expected_offset = 0;
-  w.poisoned = false;
-  if (w.grad.size() != static_cast<size_t>(range_.size())) w.grad.resize(range_.size());
-  ReportMembership();
-  changed_.SignalAll();  // wakes a superseded stream's waiter
-  return w.session;
+  Wake(wake);
+  return session;
 }
 
 void ShardCore::CloseStream(int rank, uint64_t session) {
   if (!CheckRank(rank).ok()) return;
+  Slot& slot = *slots_[rank];
+  {
+    absl::MutexLock slot_lock(&slot.mu);
+    absl::MutexLock lock(&mu_);
+    Worker& w = workers_[rank];
+    if (w.session != session) return;
+    w.session = 0;
+    w.since = clock_();
+    w.waiter.reset();
+    slot.expected = 0;
+    slot.poisoned = false;
+    ReportMembership();
+  }
+  MaybeMerge();  // the barrier may have waited only for this worker
+}
+
+absl::StatusOr<std::shared_ptr<const Publication>> ShardCore::NextPoint(
+    int rank, uint64_t session, const PointTag& sent, std::weak_ptr<PointWaiter> waiter) {
+  if (absl::Status s = CheckRank(rank); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   Worker& w = workers_[rank];
-  if (w.session != session) return;
-  w.session = 0;
-  w.since = clock_();
-  w.expected_offset = 0;
-  w.poisoned = false;
-  ReportMembership();
-  TryCompleteStep(/*deadline_passed=*/false);
+  if (w.session != session) {
+    return absl::CancelledError("stream superseded by a newer one for this rank");
+  }
+  if (draining_) return absl::UnavailableError("shard is draining");
+  if (diverged_) return DivergedError();
+  if (publication_ != nullptr && publication_->tag() != sent && !w.committed) return publication_;
+  w.waiter = std::move(waiter);
+  return std::shared_ptr<const Publication>();
 }
 
-absl::StatusOr<PointTag> ShardCore::WaitForPoint(int rank, uint64_t session,
-                                                 const PointTag& sent,
-                                                 absl::Duration max_wait) {
-  if (absl::Status s = CheckRank(rank); !s.ok()) return s;
-  const absl::Time until = absl::Now() + max_wait;
-  absl::MutexLock lock(&mu_);
-  while (true) {
-    const Worker& w = workers_[rank];
-    if (w.session != session) {
-      return absl::CancelledError("stream superseded by a newer one for this rank");
-    }
-    if (draining_) return absl::UnavailableError("shard is draining");
-    if (diverged_) return DivergedError();
-    if (Tag() != sent && !w.committed) return Tag();
-    if (changed_.WaitWithDeadline(&mu_, until)) {
-      return absl::DeadlineExceededError(
-          absl::StrCat("step ", state_.step, " has not completed yet"));
-    }
-  }
-}
-
-absl::Status ShardCore::ReadEvalPoint(int rank, const PointTag& tag, int64_t offset,
-                                      int64_t count, EvalPointSink sink) const {
-  if (absl::Status s = CheckRank(rank); !s.ok()) return s;
-  absl::ReaderMutexLock lock(&mu_);
-  if (tag != Tag()) {
-    return absl::AbortedError(absl::StrCat("step ", tag.step, " of generation ",
-                                           tag.job.generation, " is no longer current (step ",
-                                           state_.step, ", generation ",
-                                           state_.job.generation, ")"));
-  }
-  if (offset < 0 || count < 0 || offset + count > range_.size()) {
-    return absl::InvalidArgumentError("evaluation point range outside the shard");
-  }
-  const Worker& w = workers_[rank];
-  std::span<const float> wspan(state_.w.data() + offset, count);
-  std::span<const float> dspan;
-  if (w.has_delta) dspan = std::span<const float>(w.delta.data() + offset, count);
-  return sink(wspan, dspan);
-}
-
-absl::Status ShardCore::Refuse(Worker& w, std::string_view reason, absl::Status status) {
-  w.poisoned = true;
-  w.expected_offset = 0;
+absl::Status ShardCore::Refuse(Slot& slot, std::string_view reason, absl::Status status) {
+  slot.poisoned = true;
+  slot.expected = 0;
   if (observer_ != nullptr) {
     if (reason == "late") {
       observer_->OnLate();
@@ -344,197 +275,142 @@ absl::StatusOr<PushOutcome> ShardCore::PushGradient(const GradientChunk& c) {
     if (observer_ != nullptr) observer_->OnRejected("unknown_worker");
     return s;
   }
-  const int64_t n = static_cast<int64_t>(c.values.size());
-  const int64_t bad = FindNonFinite(c.values);
-  double sqnorm = 0;
-  if (options_.max_gradient_norm > 0 && bad < 0) {
-    for (float x : c.values) sqnorm += static_cast<double>(x) * x;
-  }
-  absl::MutexLock lock(&mu_);
-  Worker& w = workers_[c.rank];
-  if (w.session != c.session) {
-    return absl::CancelledError("stream superseded by a newer one for this rank");
-  }
-  w.last_heard = clock_();
-  if (diverged_) return Refuse(w, "diverged", DivergedError());
-  if (c.offset == 0) {
-    w.poisoned = false;
-    w.expected_offset = 0;
-  } else if (w.poisoned) {
-    return PushOutcome::kDropped;
-  }
-  if (!c.decode_status.ok()) return Refuse(w, "bad_chunk", c.decode_status);
-  if (c.generation != state_.job.generation) {
-    return Refuse(w, "rewound",
-                  absl::AbortedError(absl::StrCat(
-                      "gradient of generation ", c.generation, " step ", c.step,
-                      ": the job was rewound; it is at step ", state_.step, " of generation ",
-                      state_.job.generation)));
-  }
-  if (c.step < state_.step) {
-    return Refuse(w, "late",
-                  absl::AbortedError(absl::StrCat("step ", c.step,
-                                                  " has completed without this gradient; "
-                                                  "current step is ",
-                                                  state_.step)));
-  }
-  if (c.step > state_.step) {
-    return Refuse(w, "future_step",
-                  absl::FailedPreconditionError(absl::StrCat(
-                      "gradient for step ", c.step, " but the shard is at step ", state_.step)));
-  }
-  if (w.committed) {
-    return Refuse(w, "duplicate",
-                  absl::AlreadyExistsError(absl::StrCat("rank ", c.rank,
-                                                        " already pushed its gradient for step ",
-                                                        c.step)));
-  }
-  if (c.offset != w.expected_offset) {
-    const char* what = c.offset < w.expected_offset ? "duplicate chunk" : "gap";
-    return Refuse(w, "bad_chunk",
-                  absl::InvalidArgumentError(absl::StrCat(what, ": chunk at offset ", c.offset,
-                                                          ", expected offset ",
-                                                          w.expected_offset)));
-  }
-  if (n == 0 || c.offset + n > range_.size()) {
-    return Refuse(w, "bad_size",
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "chunk [", c.offset, ", ", c.offset + n, ") is empty or outside the shard's ",
-                      range_.size(), " elements")));
-  }
-  if (c.offset == 0) {
-    if (c.num_samples < 1 || c.num_samples > w.local_batch) {
-      return Refuse(w, "bad_samples",
-                    absl::InvalidArgumentError(absl::StrCat(
-                        "num_samples must be in [1, ", w.local_batch,
-                        "] (the local batch size rank ", c.rank, " declared at Join), got ",
-                        c.num_samples)));
+  Slot& slot = *slots_[c.rank];
+  absl::MutexLock slot_lock(&slot.mu);
+  const int64_t n = c.payload != nullptr
+                        ? static_cast<int64_t>(c.payload->size / ElementBytes(c.dtype))
+                        : 0;
+  bool complete = false;
+  {
+    absl::MutexLock lock(&mu_);
+    Worker& w = workers_[c.rank];
+    if (w.session != c.session) {
+      return absl::CancelledError("stream superseded by a newer one for this rank");
     }
-    w.attempt_samples = c.num_samples;
-    w.attempt_sqnorm = 0;
+    w.last_heard = clock_();
+    if (diverged_) return Refuse(slot, "diverged", DivergedError());
+    if (c.offset == 0) {
+      slot.poisoned = false;
+      slot.expected = 0;
+    } else if (slot.poisoned) {
+      return PushOutcome::kDropped;
+    }
+    if (!c.decode_status.ok()) return Refuse(slot, "bad_chunk", c.decode_status);
+    if (c.generation != state_.job.generation) {
+      return Refuse(slot, "rewound",
+                    absl::AbortedError(absl::StrCat(
+                        "gradient of generation ", c.generation, " step ", c.step,
+                        ": the job was rewound; it is at step ", state_.step,
+                        " of generation ", state_.job.generation)));
+    }
+    if (c.step < state_.step) {
+      return Refuse(slot, "late",
+                    absl::AbortedError(absl::StrCat("step ", c.step,
+                                                    " has completed without this gradient; "
+                                                    "current step is ",
+                                                    state_.step)));
+    }
+    if (c.step > state_.step) {
+      return Refuse(slot, "future_step",
+                    absl::FailedPreconditionError(absl::StrCat(
+                        "gradient for step ", c.step, " but the shard is at step ", state_.step)));
+    }
+    if (w.committed) {
+      return Refuse(slot, "duplicate",
+                    absl::AlreadyExistsError(absl::StrCat(
+                        "rank ", c.rank, " already pushed its gradient for step ", c.step)));
+    }
+    if (c.offset != slot.expected) {
+      const char* what = c.offset < slot.expected ? "duplicate chunk" : "gap";
+      return Refuse(slot, "bad_chunk",
+                    absl::InvalidArgumentError(absl::StrCat(what, ": chunk at offset ", c.offset,
+                                                            ", expected offset ",
+                                                            slot.expected)));
+    }
+    if (n == 0 || c.offset + n > range_.size()) {
+      return Refuse(slot, "bad_size",
+                    absl::InvalidArgumentError(absl::StrCat(
+                        "chunk [", c.offset, ", ", c.offset + n,
+                        ") is empty or outside the shard's ", range_.size(), " elements")));
+    }
+    if (c.offset == 0) {
+      if (c.num_samples < 1 || c.num_samples > w.local_batch) {
+        return Refuse(slot, "bad_samples",
+                      absl::InvalidArgumentError(absl::StrCat(
+                          "num_samples must be in [1, ", w.local_batch,
+                          "] (the local batch size rank ", c.rank, " declared at Join), got ",
+                          c.num_samples)));
+      }
+      slot.samples = c.num_samples;
+      slot.sqnorm = 0;
+    }
+    complete = c.offset + n == range_.size();
+    if (complete != c.last) {
+      return Refuse(slot, "bad_chunk",
+                    absl::InvalidArgumentError(
+                        complete ? "final chunk is not marked last"
+                                 : absl::StrCat("chunk marked last ends at element ",
+                                                c.offset + n, " of ", range_.size())));
+    }
   }
-  if (bad >= 0) {
-    return Refuse(w, "non_finite",
+
+  // Receive: the copy into the worker's slot holds the slot's lock alone.
+  const std::span<float> dst(slot.g.data() + c.offset, static_cast<size_t>(n));
+  DecodePayload(*c.payload, c.dtype, dst);
+  if (const int64_t bad = FindNonFinite(dst); bad >= 0) {
+    return Refuse(slot, "non_finite",
                   absl::InvalidArgumentError(absl::StrCat(
                       "gradient holds a non-finite value at element ", c.offset + bad,
                       " of the shard")));
   }
-  const bool complete = c.offset + n == range_.size();
-  if (complete != c.last) {
-    return Refuse(w, "bad_chunk",
-                  absl::InvalidArgumentError(
-                      complete ? "final chunk is not marked last"
-                               : absl::StrCat("chunk marked last ends at element ", c.offset + n,
-                                              " of ", range_.size())));
+  if (options_.max_gradient_norm > 0) {
+    double s = 0;
+    for (float x : dst) s += static_cast<double>(x) * x;
+    slot.sqnorm += s;
   }
-  std::copy(c.values.begin(), c.values.end(), w.grad.begin() + c.offset);
-  w.expected_offset += n;
-  w.attempt_sqnorm += sqnorm;
+  slot.expected += n;
   if (observer_ != nullptr) observer_->OnGradientBytes(n * static_cast<int64_t>(sizeof(float)));
   if (!complete) return PushOutcome::kContinue;
 
-  w.committed = true;
-  w.expected_offset = 0;
-  if (deadline_ == absl::InfiniteFuture()) deadline_ = clock_() + options_.straggler_timeout;
-  TryCompleteStep(/*deadline_passed=*/false);
+  bool ready = false;
+  {
+    absl::MutexLock lock(&mu_);
+    Worker& w = workers_[c.rank];
+    // The step may have moved on, or the job been rewound, while the bytes were copied.
+    if (w.session != c.session) {
+      return absl::CancelledError("stream superseded by a newer one for this rank");
+    }
+    if (diverged_) return Refuse(slot, "diverged", DivergedError());
+    if (c.generation != state_.job.generation || c.step != state_.step) {
+      return Refuse(slot, c.generation != state_.job.generation ? "rewound" : "late",
+                    absl::AbortedError(absl::StrCat(
+                        "step ", c.step, " completed (or was rewound) while this gradient "
+                        "arrived; current step is ", state_.step)));
+    }
+    w.committed = true;
+    w.samples = slot.samples;
+    w.sqnorm = slot.sqnorm;
+    slot.expected = 0;
+    if (deadline_ == absl::InfiniteFuture()) deadline_ = clock_() + options_.straggler_timeout;
+    ready = StepReady();
+  }
+  if (ready) MaybeMerge();
   return PushOutcome::kCommitted;
 }
 
 absl::Status ShardCore::Leave(int rank) {
   if (absl::Status s = CheckRank(rank); !s.ok()) return s;
-  absl::MutexLock lock(&mu_);
-  Worker& w = workers_[rank];
-  if (!w.finished) {
-    w.finished = true;
-    LogInfo("shard ", options_.shard_index, ": rank ", rank, " finished");
-  }
-  ReportMembership();
-  TryCompleteStep(/*deadline_passed=*/false);
-  return absl::OkStatus();
-}
-
-absl::StatusOr<JobStateInfo> ShardCore::Rewind(uint64_t job_id, int64_t step,
-                                               int64_t generation) {
-  std::optional<CheckpointInfo> source;
   {
     absl::MutexLock lock(&mu_);
-    if (draining_) return absl::UnavailableError("shard is draining");
-    if (!initialized_) return absl::FailedPreconditionError("the shard holds no job yet");
-    if (diverged_) return DivergedError();
-    if (job_id != state_.job.job_id) {
-      return absl::FailedPreconditionError(absl::StrCat("rewind for job ", absl::Hex(job_id),
-                                                        ", this shard serves job ",
-                                                        absl::Hex(state_.job.job_id)));
+    Worker& w = workers_[rank];
+    if (!w.finished) {
+      w.finished = true;
+      LogInfo("shard ", options_.shard_index, ": rank ", rank, " finished");
     }
-    if (generation <= state_.job.generation) return JobInfo();  // done already: a no-op
-    if (step != state_.step) {
-      if (checkpoints_ != nullptr) {
-        for (const CheckpointInfo& c : checkpoints_->Candidates()) {
-          if (c.job.job_id == job_id && c.step == step && c.step < state_.step &&
-              c.layout_hash == state_.layout_hash) {
-            source = c;
-            break;
-          }
-        }
-      }
-      if (!source.has_value()) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("shard ", options_.shard_index, " cannot rewind to step ", step,
-                         ": it is at step ", state_.step, " and holds no checkpoint of it"));
-      }
-    }
+    ReportMembership();
   }
-  // The file is read without the lock; the state is re-checked after.
-  std::optional<ShardState> loaded;
-  if (source.has_value()) {
-    absl::StatusOr<ShardState> state = checkpoints_->Load(*source);
-    if (!state.ok()) return state.status();
-    loaded = *std::move(state);
-  }
-  absl::MutexLock lock(&mu_);
-  if (draining_) return absl::UnavailableError("shard is draining");
-  if (diverged_) return DivergedError();
-  if (generation <= state_.job.generation) return JobInfo();  // another rewind won
-  if (job_id != state_.job.job_id) return absl::FailedPreconditionError("job id changed");
-  if (loaded.has_value()) {
-    if (static_cast<int64_t>(loaded->w.size()) != range_.size()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("checkpoint ", source->path, " does not fit the shard"));
-    }
-    state_.w = std::move(loaded->w);
-    state_.v = std::move(loaded->v);
-    state_.noise = loaded->noise;
-    state_.step = loaded->step;
-  } else if (step != state_.step) {
-    return absl::FailedPreconditionError(absl::StrCat("shard ", options_.shard_index,
-                                                      " moved to step ", state_.step,
-                                                      " while rewinding; ask again"));
-  }
-  const int64_t old_generation = state_.job.generation;
-  state_.job.generation = generation;
-  ResetStep();
-  step_began_ = last_step_time_ = clock_();
-  checkpointed_step_ = loaded.has_value() ? state_.step : -1;
-  if (checkpoints_ != nullptr) checkpoints_->Truncate(state_.step, generation);
-  LogInfo("shard ", options_.shard_index, ": rewound to step ", state_.step, " (",
-          loaded.has_value() ? absl::StrCat("from ", source->path) : std::string("in memory"),
-          "), generation ", old_generation, " -> ", generation);
-  if (observer_ != nullptr) {
-    observer_->OnRewind();
-    observer_->OnJobState(JobInfo());
-  }
-  changed_.SignalAll();
-  return JobInfo();
-}
-
-void ShardCore::ResetStep() {
-  for (Worker& w : workers_) {
-    w.committed = false;
-    w.poisoned = false;
-    w.expected_offset = 0;
-    w.has_delta = false;
-  }
-  deadline_ = absl::InfiniteFuture();
+  MaybeMerge();
+  return absl::OkStatus();
 }
 
 std::vector<int> ShardCore::WaitingFor() const {
@@ -548,10 +424,8 @@ std::vector<int> ShardCore::WaitingFor() const {
 }
 
 void ShardCore::CheckDeadline() {
+  MaybeMerge();
   absl::MutexLock lock(&mu_);
-  if (deadline_ != absl::InfiniteFuture() && clock_() >= deadline_) {
-    TryCompleteStep(/*deadline_passed=*/true);
-  }
   const std::vector<int> waiting = WaitingFor();
   const absl::Time now = clock_();
   const absl::Duration waited = waiting.empty() ? absl::ZeroDuration() : now - step_began_;
@@ -588,8 +462,10 @@ int ShardCore::Quorum() const {
   return std::max(1, std::min(options_.EffectiveMinWorkers(), options_.num_workers - finished));
 }
 
-void ShardCore::TryCompleteStep(bool deadline_passed) {
-  if (!initialized_ || diverged_) return;
+bool ShardCore::StepReady() const {
+  if (!initialized_ || diverged_ || draining_ || merging_) return false;
+  const absl::Time now = clock_();
+  if (now < retry_after_) return false;
   int committed = 0;
   bool all_in = true;
   for (const Worker& w : workers_) {
@@ -599,122 +475,167 @@ void ShardCore::TryCompleteStep(bool deadline_passed) {
     }
     // Waited for: unfinished workers that are connected, or have never connected
     // (the job's first steps wait for everyone to show up, up to the timeout).
-    const bool expected = !w.finished && (w.session != 0 || !w.ever_connected);
-    if (expected) all_in = false;
+    if (!w.finished && (w.session != 0 || !w.ever_connected)) all_in = false;
   }
-  if (committed == 0 || committed < Quorum()) return;
-  if (!all_in && !deadline_passed) return;
-  if (!all_in) {
-    LogWarning("shard ", options_.shard_index, ": step ", state_.step,
-               " completes on the straggler timeout with ", committed, " of ",
-               options_.num_workers, " gradients");
-  }
-  CompleteStep();
+  if (committed == 0 || committed < Quorum()) return false;
+  return all_in || now >= deadline_;
 }
 
-void ShardCore::CompleteStep() {
-  const absl::Time start = clock_();
-  const size_t d = state_.w.size();
-  MergeInputs inputs;
-  std::vector<std::span<float>> deltas;
-  std::vector<Worker*> contributors;
-  StepReport report;
-  for (size_t k = 0; k < workers_.size(); ++k) {
-    Worker& w = workers_[k];
-    if (!w.committed) continue;
-    if (w.delta.size() != d) w.delta.resize(d);
-    if (options_.max_gradient_norm > 0 &&
-        w.attempt_sqnorm > options_.max_gradient_norm * options_.max_gradient_norm) {
-      // Clipping scales the stored gradient once; a failed merge retried later sees
-      // it already clipped, which clips to the same bound.
-      const float scale =
-          static_cast<float>(options_.max_gradient_norm / std::sqrt(w.attempt_sqnorm));
-      for (float& x : w.grad) x *= scale;
-      w.attempt_sqnorm = options_.max_gradient_norm * options_.max_gradient_norm;
-      ++report.clipped;
-    }
-    inputs.grads.emplace_back(w.grad);
-    inputs.num_samples.push_back(static_cast<double>(w.attempt_samples));
-    inputs.ranks.push_back(static_cast<int32_t>(k));
-    deltas.emplace_back(w.delta);
-    contributors.push_back(&w);
+void ShardCore::MaybeMerge() {
+  std::unique_ptr<MergeJob> job;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!StepReady()) return;
+    job = PrepareMerge();
   }
-  MergeParams params;
-  params.mode = options_.mode;
-  params.lr = options_.lr.Rate(state_.step);
-  params.momentum = options_.momentum;
-  params.nesterov = options_.nesterov;
-  params.weight_decay = options_.weight_decay;
-  params.gnc_scale = options_.gnc_scale;
-  params.max_perturbation_norm = options_.max_perturbation_norm;
-  params.seed = options_.seed;
-  params.noise_step = state_.step + 1;
-  params.global_offset = range_.begin;
-  w_next_.resize(d);
-  v_next_.resize(d);
-  absl::Status s = backend_->MergeInto(params, inputs, state_.w, state_.v, w_next_, v_next_,
-                                       deltas, &report.stats);
-  if (!s.ok()) {
+  // Merge: outside every lock. The contributors' slots are committed, so no stream
+  // writes them; w and v are read-only; the outputs are this job's own buffers.
+  for (size_t k = 0; k < job->inputs.grads.size(); ++k) {
+    if (job->clip_scales[k] == 1.0f) continue;
+    auto g = const_cast<float*>(job->inputs.grads[k].data());  // the slot, committed
+    for (size_t i = 0; i < job->inputs.grads[k].size(); ++i) g[i] *= job->clip_scales[k];
+  }
+  const absl::Status status = backend_->MergeInto(job->params, job->inputs, *job->w, *job->v,
+                                                  *job->w_out, *job->v_out, job->outs,
+                                                  &job->stats);
+  Waiters wake;
+  {
+    absl::MutexLock lock(&mu_);
+    FinishMerge(*job, status, &wake);
+  }
+  Wake(wake);
+}
+
+std::unique_ptr<ShardCore::MergeJob> ShardCore::PrepareMerge() {
+  auto job = std::make_unique<MergeJob>();
+  merging_ = true;
+  job->start = clock_();
+  job->tag = Tag();
+  const size_t d = state_.size();
+  const bool perturbed = options_.mode != SmoothingMode::kNone;
+  for (size_t k = 0; k < workers_.size(); ++k) {
+    const Worker& w = workers_[k];
+    if (!w.committed) continue;
+    job->inputs.grads.emplace_back(slots_[k]->g.data(), d);
+    job->inputs.num_samples.push_back(static_cast<double>(w.samples));
+    job->inputs.ranks.push_back(static_cast<int32_t>(k));
+    const double max = options_.max_gradient_norm;
+    job->clip_scales.push_back(max > 0 && w.sqnorm > max * max
+                                   ? static_cast<float>(max / std::sqrt(w.sqnorm))
+                                   : 1.0f);
+    if (!perturbed) continue;
+    // Rewrite the rank's last point buffer unless a stream still holds it (one that
+    // has not finished sending it, or bytes gRPC has not written yet).
+    std::shared_ptr<PointBuffer>& buf = points_[k];
+    const long holders =
+        1 + (publication_ != nullptr && publication_->Perturbed(static_cast<int>(k)) ? 1 : 0);
+    if (buf == nullptr || buf.use_count() > holders || buf->dtype != w.dtype) {
+      buf = std::make_shared<PointBuffer>();
+      buf->dtype = w.dtype;
+    }
+    PointOut out;
+    if (w.dtype == WireDType::kBfloat16) {
+      buf->bf16.resize(d);
+      out.bf16 = buf->bf16;
+    } else {
+      buf->f32.resize(d);
+      out.f32 = buf->f32;
+    }
+    job->points.push_back(buf);
+    job->outs.push_back(out);
+  }
+  MergeParams& p = job->params;
+  p.mode = options_.mode;
+  p.lr = options_.lr.Rate(state_.step);
+  p.momentum = options_.momentum;
+  p.nesterov = options_.nesterov;
+  p.weight_decay = options_.weight_decay;
+  p.gnc_scale = options_.gnc_scale;
+  p.max_perturbation_norm = options_.max_perturbation_norm;
+  p.seed = options_.seed;
+  p.noise_step = state_.step + 1;
+  p.global_offset = range_.begin;
+  job->w = state_.w;
+  job->v = state_.v;
+  job->w_out = w_pool_.Acquire(d);
+  job->v_out = v_pool_.Acquire(d);
+  return job;
+}
+
+void ShardCore::FinishMerge(MergeJob& job, const absl::Status& status, Waiters* wake) {
+  merging_ = false;
+  if (!status.ok()) {
     // The device failed: the step's gradients stay committed and the step is retried
-    // on the next completion attempt; nothing is lost.
+    // a second later (CheckDeadline); nothing is lost.
     LogError("shard ", options_.shard_index, ": merge of step ", state_.step,
-             " failed: ", s.ToString());
+             " failed: ", status.ToString());
+    retry_after_ = clock_() + absl::Seconds(1);
     return;
   }
-  if (!AllFinite(report.stats)) {
+  if (!AllFinite(job.stats)) {
     diverged_ = true;
-    for (Worker* w : contributors) w->has_delta = false;
     LogError("shard ", options_.shard_index, ": step ", state_.step,
              " diverged (its update made w or v non-finite); the update is not applied, "
              "the shard keeps step ",
              state_.step, " and refuses training");
     if (observer_ != nullptr) observer_->OnJobState(JobInfo());
-    changed_.SignalAll();
+    TakeWaiters(wake);
     return;
   }
-  std::swap(state_.w, w_next_);
-  std::swap(state_.v, v_next_);
-  for (Worker& w : workers_) {
-    w.has_delta = w.committed && options_.mode != SmoothingMode::kNone;
-    w.committed = false;
+  std::vector<std::shared_ptr<const PointBuffer>> points(workers_.size());
+  for (size_t i = 0; i < job.inputs.ranks.size(); ++i) {
+    const int rank = job.inputs.ranks[i];
+    if (i < job.points.size()) {
+      points_[rank] = job.points[i];
+      points[rank] = job.points[i];
+    }
   }
-  const absl::Time end = clock_();
+  for (Worker& w : workers_) w.committed = false;
+  state_.w = std::move(job.w_out);
+  state_.v = std::move(job.v_out);
+  StepReport report;
+  report.stats = std::move(job.stats);
   report.step = state_.step;
-  report.contributors = static_cast<int>(contributors.size());
-  for (double n : inputs.num_samples) report.total_samples += n;
+  report.contributors = static_cast<int>(job.inputs.ranks.size());
+  for (double n : job.inputs.num_samples) report.total_samples += n;
   report.mean_samples = report.total_samples / report.contributors;
-  report.lr = params.lr;
-  report.ranks = std::move(inputs.ranks);
+  report.lr = job.params.lr;
+  report.ranks = job.inputs.ranks;
+  for (float s : job.clip_scales) report.clipped += s != 1.0f ? 1 : 0;
   report.has_estimates =
       NoiseEstimates(report.stats.mean_grad_sqnorm, report.stats.grad_sqnorm_mean,
                      report.mean_samples, report.total_samples, &report.g2, &report.trace);
   if (report.has_estimates) state_.noise.Add(report.g2, report.trace, options_.noise_ema);
   report.smoothed_g2 = state_.noise.SmoothedG2();
   report.smoothed_trace = state_.noise.SmoothedTrace();
-  report.merge_duration = end - start;
+  const absl::Time end = clock_();
+  report.merge_duration = end - job.start;
   report.step_duration = end - last_step_time_;
   last_step_time_ = step_began_ = end;
   ++state_.step;
   deadline_ = absl::InfiniteFuture();
+  publication_ = std::make_shared<const Publication>(Tag(), state_.w, std::move(points));
   if (options_.checkpoint_every > 0 && state_.step % options_.checkpoint_every == 0) {
     Checkpoint();
   }
   if (observer_ != nullptr) observer_->OnStep(report);
-  changed_.SignalAll();
+  TakeWaiters(wake);
 }
 
-void ShardCore::Checkpoint() {
-  if (checkpoints_ == nullptr || !initialized_ || diverged_) return;
-  if (checkpointed_step_ == state_.step) return;
-  checkpointed_step_ = state_.step;
-  // The copy is the only part of a checkpoint that holds the step up. Once the
-  // writer has let go of the last snapshot, its buffers are reused: a copy into
-  // memory already mapped costs a memcpy, a fresh one page faults as well.
-  if (snapshot_ == nullptr || snapshot_.use_count() > 1) {
-    snapshot_ = std::make_shared<ShardState>();
+void ShardCore::Publish(Waiters* wake) {
+  publication_ = std::make_shared<const Publication>(Tag(), state_.w);
+  TakeWaiters(wake);
+}
+
+void ShardCore::TakeWaiters(Waiters* wake) {
+  for (Worker& w : workers_) {
+    if (auto waiter = w.waiter.lock()) wake->push_back(std::move(waiter));
+    w.waiter.reset();
   }
-  *snapshot_ = state_;
-  checkpoints_->WriteAsync(snapshot_);
+}
+
+void ShardCore::Wake(const Waiters& wake) {
+  for (const std::shared_ptr<PointWaiter>& w : wake) w->OnPointReady();
 }
 
 void ShardCore::ReportMembership() {
@@ -727,12 +648,9 @@ void ShardCore::ReportMembership() {
   observer_->OnMembership(connected, finished);
 }
 
-absl::Status ShardCore::Snapshot(std::vector<float>* w, PointTag* tag) const {
+std::shared_ptr<const Publication> ShardCore::Current() const {
   absl::ReaderMutexLock lock(&mu_);
-  if (!initialized_) return absl::FailedPreconditionError("parameters have not been offered yet");
-  *w = state_.w;
-  *tag = Tag();
-  return absl::OkStatus();
+  return publication_;
 }
 
 ShardStatus ShardCore::GetStatus() const {
@@ -753,10 +671,16 @@ ShardStatus ShardCore::GetStatus() const {
 }
 
 void ShardCore::Drain() {
-  absl::MutexLock lock(&mu_);
-  draining_ = true;
-  Checkpoint();
-  changed_.SignalAll();
+  Waiters wake;
+  {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+    mu_.Await(absl::Condition(
+        +[](bool* merging) { return !*merging; }, &merging_));
+    Checkpoint();
+    TakeWaiters(&wake);
+  }
+  Wake(wake);
 }
 
 bool ShardCore::Done() const {

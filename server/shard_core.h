@@ -1,19 +1,27 @@
-// ShardCore: one shard of a gnc job, free of gRPC and protobuf. Owns the shard's
-// ShardState (w, v, step, noise EMAs, job identity), the step's gradients (K slots)
-// and every worker's perturbation; runs membership, the step barrier (BSP with a
-// straggler timeout and quorum), the merge and the optimizer through a MergeBackend,
-// checkpoints through a CheckpointStore, and rewinds.
+// ShardCore: one shard of a gnc job, free of gRPC and protobuf, as a pipeline of four
+// stages (DESIGN section 2):
+//   1. Receive: each worker has a slot (its gradient buffer) with a lock of its own; a
+//      chunk is checked against the step under the shard's lock, then copied into the
+//      slot without it.
+//   2. Barrier: membership by rank, sessions, quorum, straggler deadline; once a step's
+//      gradients are in, it hands the filled slots over.
+//   3. Merge: the MergeBackend runs outside every lock on the step's ShardState (w, v,
+//      step, noise EMAs, job identity: what checkpoints save) and writes each
+//      contributor's next point in its wire encoding.
+//   4. Publish: an immutable Publication of the step's points, which every stream sends
+//      without a copy; streams waiting for it are told (PointWaiter), nothing polls.
+// The merge runs on whichever thread completes the step (the last gradient, the
+// deadline, a departure), one at a time.
 //
-// Thread-safe: every method may be called from any thread. One internal mutex
-// guards all state; the merge runs under it (the step is a barrier anyway).
+// Thread-safe: every method may be called from any thread.
 //
 // Invariants:
-// - Bad input never changes w, v, the step or any committed gradient: every refusal
-//   happens before the state is touched, and a partial gradient lives in its worker's
-//   slot, which the merge reads only once that gradient is complete.
-// - A step whose update would make w or v non-finite is not applied: the shard is
-//   then "diverged" and refuses all training with FAILED_PRECONDITION; its state and
-//   its checkpoints stay those of the last good step.
+// - Bad input never changes w, v, the step or any committed gradient: a chunk is
+//   checked before it is copied, into its own worker's slot, which the merge reads only
+//   once that gradient is complete; a committed slot is never written.
+// - A step whose update would make w or v non-finite is not applied: the shard is then
+//   "diverged" and refuses all training with FAILED_PRECONDITION; its state and its
+//   checkpoints stay those of the last good step.
 // - A gradient a worker completed for the current step is kept when its stream is
 //   superseded (a restarted worker): that worker's next point is the next step's.
 #ifndef GNC_SERVER_SHARD_CORE_H_
@@ -27,26 +35,20 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/layout.h"
+#include "common/payload.h"
+#include "server/buffer_pool.h"
 #include "server/checkpoint.h"
 #include "server/merge_backend.h"
 #include "server/options.h"
+#include "server/publication.h"
 #include "server/shard_state.h"
 
 namespace gnc {
-
-// PointTag: which evaluation point a message belongs to.
-struct PointTag {
-  JobIdentity job;
-  int64_t step = -1;  // -1: none
-
-  bool operator==(const PointTag&) const = default;
-};
 
 // JobStateInfo: where this shard's job stands (JobState on the wire).
 struct JobStateInfo {
@@ -98,6 +100,15 @@ class ShardObserver {
   virtual void OnSentBytes(int64_t bytes) {}
 };
 
+// PointWaiter: a stream waiting for its next point; told once when it may be due (a
+// step completed, a rewind, a drain, ...). It then asks NextPoint again. Called without
+// the core's lock, from the thread that made the change.
+class PointWaiter {
+ public:
+  virtual ~PointWaiter() = default;
+  virtual void OnPointReady() = 0;
+};
+
 struct JoinArgs {
   int rank = 0;
   int num_workers = 0;
@@ -122,7 +133,7 @@ struct OfferResult {
   uint64_t job_id = 0;    // the shard's job id after the call
 };
 
-// GradientChunk: one piece of a worker's gradient, already decoded.
+// GradientChunk: one piece of a worker's gradient as it arrived.
 struct GradientChunk {
   int rank = 0;
   uint64_t session = 0;
@@ -130,7 +141,8 @@ struct GradientChunk {
   int64_t step = 0;
   int64_t num_samples = 0;
   int64_t offset = 0;  // element offset within the shard
-  std::span<const float> values;
+  WireDType dtype = WireDType::kFloat32;
+  const Payload* payload = nullptr;  // whole elements of dtype; null only with decode_status
   bool last = false;
   // Not OK when the transport could not decode the chunk (dtype, payload size); the
   // core refuses it in sequence like any other bad chunk.
@@ -165,6 +177,7 @@ class ShardCore {
   ShardCore(ShardOptions options, std::unique_ptr<MergeBackend> backend,
             ShardObserver* observer = nullptr, ClockFn clock = nullptr,
             CheckpointStore* checkpoints = nullptr);
+  ~ShardCore();
 
   const ShardOptions& options() const { return options_; }
 
@@ -189,35 +202,28 @@ class ShardCore {
   absl::StatusOr<OfferResult> OfferParameters(int rank, uint64_t job_id,
                                               std::vector<float> values);
 
-  // OpenStream: rank's Train stream starts; a newer stream supersedes an older one
-  // (a restarted worker). Returns the session id to pass to the calls below.
+  // OpenStream: rank's Train stream starts, receiving points in `dtype`; a newer
+  // stream supersedes an older one (a restarted worker), whose waits end with
+  // CANCELLED. Returns the session id to pass to the calls below.
   // Errors: NOT_FOUND, FAILED_PRECONDITION (not joined, not initialised, diverged),
   // UNAVAILABLE (draining).
-  absl::StatusOr<uint64_t> OpenStream(int rank);
+  absl::StatusOr<uint64_t> OpenStream(int rank, WireDType dtype = WireDType::kFloat32);
   // CloseStream: the stream ended; its partial gradient is discarded and the barrier
   // stops waiting for the worker (under a quorum). A stale session is ignored.
   void CloseStream(int rank, uint64_t session);
 
-  // WaitForPoint: the tag of the evaluation point this stream should send next, once
-  // it differs from `sent` and this rank has no gradient in for the current step;
-  // blocks up to max_wait. Errors: DEADLINE_EXCEEDED (call again), CANCELLED (session
-  // superseded), UNAVAILABLE (draining), FAILED_PRECONDITION (diverged).
-  absl::StatusOr<PointTag> WaitForPoint(int rank, uint64_t session, const PointTag& sent,
-                                        absl::Duration max_wait);
-
-  // EvalPointSink: receives w and delta for a range (delta empty when x = w); it
-  // runs under the core's reader lock, so it should only encode.
-  using EvalPointSink =
-      absl::FunctionRef<absl::Status(std::span<const float> w, std::span<const float> delta)>;
-  // ReadEvalPoint: elements [offset, offset+count) of x_rank at `tag`, passed to sink.
-  // Errors: ABORTED (tag is no longer current: start over with the new one),
-  // INVALID_ARGUMENT (range), and whatever sink returns.
-  absl::Status ReadEvalPoint(int rank, const PointTag& tag, int64_t offset, int64_t count,
-                             EvalPointSink sink) const;
+  // NextPoint: the publication this stream should send next, once its step differs
+  // from `sent` and this rank has no gradient in for the current step. nullptr when
+  // none is due yet: `waiter` is then told once something changes.
+  // Errors: CANCELLED (session superseded), UNAVAILABLE (draining), FAILED_PRECONDITION
+  // (diverged).
+  absl::StatusOr<std::shared_ptr<const Publication>> NextPoint(
+      int rank, uint64_t session, const PointTag& sent, std::weak_ptr<PointWaiter> waiter = {});
 
   // PushGradient: stores one chunk. Chunks of one gradient come in offset order;
   // offset 0 starts a new attempt. After a refusal the rest of that attempt is
-  // dropped silently, so the worker hears exactly one verdict per attempt.
+  // dropped silently, so the worker hears exactly one verdict per attempt. A chunk that
+  // completes the step runs the merge before it returns.
   // Errors (each counted): CANCELLED (session superseded: end the stream),
   // ABORTED (step already completed, or an older generation: late), FAILED_PRECONDITION
   // (step not started yet, diverged), ALREADY_EXISTS (gradient already accepted for
@@ -238,13 +244,13 @@ class ShardCore {
   // quorum is in; reports (log, observer) a step that waits too long. Call often.
   void CheckDeadline();
 
-  // Snapshot: copy of w and its tag. FAILED_PRECONDITION if not initialised.
-  absl::Status Snapshot(std::vector<float>* w, PointTag* tag) const;
+  // Current: the current publication (w and its tag); nullptr before w0.
+  std::shared_ptr<const Publication> Current() const;
 
   ShardStatus GetStatus() const;
 
-  // Drain: refuse new joins and streams, wake every waiter with UNAVAILABLE, and hand
-  // the current state to the checkpoint store (see CheckpointStore::Flush).
+  // Drain: refuse new joins and streams, tell every waiter (UNAVAILABLE), and hand the
+  // current state to the checkpoint store (see CheckpointStore::Flush).
   void Drain();
   // Done: the job needs this shard no more: every worker has left, or some have and
   // the rest are gone (no open stream) with the job at or past its total_steps.
@@ -257,30 +263,48 @@ class ShardCore {
     bool finished = false;
     int64_t local_batch = 0;  // declared at Join: the bound on num_samples
     uint64_t session = 0;     // 0 = no open stream
+    WireDType dtype = WireDType::kFloat32;
     absl::Time since;         // connected or disconnected since
     absl::Time last_heard;    // last gradient chunk
-    // The gradient being received.
-    std::vector<float> grad;
-    int64_t expected_offset = 0;
-    int64_t attempt_samples = 0;
-    double attempt_sqnorm = 0;
-    bool poisoned = false;
-    bool committed = false;  // complete gradient for the current step
-    // delta for the current step's evaluation point; valid iff has_delta.
-    std::vector<float> delta;
-    bool has_delta = false;
+    bool committed = false;   // complete gradient for the current step in its slot
+    int64_t samples = 0;      // of the committed gradient
+    double sqnorm = 0;        // of the committed gradient (when clipping)
+    std::weak_ptr<PointWaiter> waiter;
   };
+  // Slot: a worker's gradient buffer and the attempt being received into it.
+  struct Slot {
+    absl::Mutex mu;
+    bool poisoned ABSL_GUARDED_BY(mu) = false;  // the attempt was refused: drop the rest
+    int64_t expected ABSL_GUARDED_BY(mu) = 0;   // next offset of the attempt
+    int64_t samples ABSL_GUARDED_BY(mu) = 0;
+    double sqnorm ABSL_GUARDED_BY(mu) = 0;
+    // Written under mu while the worker has no committed gradient; read by the merge
+    // (without mu) while it has.
+    std::vector<float> g;
+  };
+  using Waiters = std::vector<std::shared_ptr<PointWaiter>>;
+  struct MergeJob;
 
   absl::Status CheckRank(int rank) const;
-  absl::Status Refuse(Worker& w, std::string_view reason, absl::Status status)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Refuse(Slot& slot, std::string_view reason, absl::Status status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(slot.mu);
   PointTag Tag() const ABSL_SHARED_LOCKS_REQUIRED(mu_) { return {state_.job, state_.step}; }
   JobStateInfo JobInfo() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status DivergedError() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  int Quorum() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int Quorum() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   std::vector<int> WaitingFor() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
-  void TryCompleteStep(bool deadline_passed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void CompleteStep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // StepReady: the step's gradients are in (or the deadline passed with a quorum).
+  bool StepReady() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // MaybeMerge: runs the step's merge if it is ready and none runs; then tells the
+  // waiting streams. REQUIRES: no lock held.
+  void MaybeMerge() ABSL_LOCKS_EXCLUDED(mu_);
+  std::unique_ptr<MergeJob> PrepareMerge() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishMerge(MergeJob& job, const absl::Status& status, Waiters* wake)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Publish: a publication of w alone (after init, restore, rewind); wakes everyone.
+  void Publish(Waiters* wake) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TakeWaiters(Waiters* wake) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static void Wake(const Waiters& wake);
   void ReportMembership() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Adopt: makes `state` (loaded from a checkpoint) the shard's; false (logged) when
   // it does not fit this shard.
@@ -297,6 +321,7 @@ class ShardCore {
   ShardObserver* const observer_;
   const ClockFn clock_;
   CheckpointStore* const checkpoints_;
+  std::vector<std::unique_ptr<Slot>> slots_;  // one per rank, made by the constructor
 
   mutable absl::Mutex mu_;
   bool has_layout_ ABSL_GUARDED_BY(mu_) = false;
@@ -306,18 +331,21 @@ class ShardCore {
   bool restored_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool diverged_ ABSL_GUARDED_BY(mu_) = false;
+  bool merging_ ABSL_GUARDED_BY(mu_) = false;
   ShardState state_ ABSL_GUARDED_BY(mu_);
-  std::vector<float> w_next_ ABSL_GUARDED_BY(mu_);  // the merge's output buffers
-  std::vector<float> v_next_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const Publication> publication_ ABSL_GUARDED_BY(mu_);
+  // Each rank's point buffer, rewritten by the merge once nobody reads it any more.
+  std::vector<std::shared_ptr<PointBuffer>> points_ ABSL_GUARDED_BY(mu_);
+  BufferPool w_pool_ ABSL_GUARDED_BY(mu_);
+  BufferPool v_pool_ ABSL_GUARDED_BY(mu_);
   int64_t checkpointed_step_ ABSL_GUARDED_BY(mu_) = -1;
-  std::shared_ptr<ShardState> snapshot_ ABSL_GUARDED_BY(mu_);  // the last one handed over
   std::vector<Worker> workers_ ABSL_GUARDED_BY(mu_);
   uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
   absl::Time deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  absl::Time retry_after_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();  // a failed merge
   absl::Time last_step_time_ ABSL_GUARDED_BY(mu_);
   absl::Time step_began_ ABSL_GUARDED_BY(mu_);
   absl::Time last_stall_report_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  absl::CondVar changed_;
 };
 
 }  // namespace gnc

@@ -2,11 +2,13 @@
 // v, the step, the noise-estimator EMAs and the job's identity and hashes. It is the
 // one object that checkpoints save and restore (DESIGN sections 2 and 6); the
 // perturbations are not part of it (after a restore or a rewind every worker's first
-// point is the unperturbed w). A value type; thread-compatible.
+// point is the unperturbed w). A value type whose buffers are shared, never changed:
+// copying a ShardState copies no parameters. Thread-compatible.
 #ifndef GNC_SERVER_SHARD_STATE_H_
 #define GNC_SERVER_SHARD_STATE_H_
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace gnc {
@@ -48,15 +50,22 @@ inline bool NoiseEstimates(double a, double c, double b, double big_b, double* g
   return true;
 }
 
+// Floats: a shard-sized vector that is immutable once shared (published parameters,
+// a checkpoint's snapshot), so that every reader holds it without a copy.
+using Floats = std::vector<float>;
+using SharedFloats = std::shared_ptr<const Floats>;
+
 struct ShardState {
   JobIdentity job;
   int64_t step = 0;
   uint64_t config_hash = 0;
   uint64_t layout_hash = 0;
   int64_t model_elements = 0;  // of the whole model; with S and the index: the range
-  std::vector<float> w;        // the shard's slice, unperturbed
-  std::vector<float> v;        // momentum, same size
+  SharedFloats w;              // the shard's slice, unperturbed
+  SharedFloats v;              // momentum, same size
   NoiseEma noise;
+
+  size_t size() const { return w == nullptr ? 0 : w->size(); }
 };
 
 }  // namespace gnc

@@ -1,22 +1,21 @@
 #include "worker/client.h"
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
 #include <functional>
 #include <random>
-#include <thread>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/codec.h"
 #include "common/grpc_status.h"
 #include "common/log.h"
 #include "proto/gnc.grpc.pb.h"
 #include "worker/job_sync.h"
+#include "worker/shard_stream.h"
 
 namespace gnc {
 namespace {
@@ -34,8 +33,6 @@ const char* ModeName(v1::SmoothingMode mode) {
   }
 }
 
-using TrainStream = grpc::ClientReaderWriter<v1::TrainRequest, v1::TrainResponse>;
-
 // How long one unary call (Join, Rewind, GetStatus, Leave) may take.
 constexpr absl::Duration kCallTimeout = absl::Seconds(10);
 // A call recovers at most this many times before it gives up.
@@ -47,26 +44,17 @@ enum class StreamState {
   kHaveEval,   // evaluation point received; a gradient is due
 };
 
-// Tag: which point a shard sent (job, generation, step).
-struct Tag {
-  uint64_t job_id = 0;
-  int64_t generation = 0;
-  int64_t step = -1;
-  bool operator==(const Tag&) const = default;
-};
-
 struct Shard {
   int index = 0;
   std::string address;
   std::unique_ptr<v1::ParameterShard::Stub> stub;
+  std::unique_ptr<grpc::GenericStub> generic;
   ShardRange range;
   bool needs_parameters = false;
   v1::JobState job;  // as of the last Join
-  std::unique_ptr<grpc::ClientContext> train_ctx;  // swapped under the client's cancel_mu_
-  std::unique_ptr<TrainStream> train;
+  std::shared_ptr<ShardStream> stream;  // null until the first point is asked for
   StreamState state = StreamState::kAwaitEval;
-  Tag tag;              // of the point last received
-  bool broken = false;  // the stream failed during the current call
+  ShardTag tag;  // of the point last received
   // A point received while a push recovered, for the next ReceiveEvalPoint.
   std::vector<float> pending;
   bool has_pending = false;
@@ -86,11 +74,12 @@ bool Recoverable(const absl::Status& s) {
   }
 }
 
-// FanOutResult: the combined outcome of one call on every shard.
-struct FanOutResult {
-  absl::Status status;     // the first real error, else ABORTED if any, else OK
-  bool broken = false;     // some stream failed (the others were cancelled)
-  bool timed_out = false;  // the call ran past its timeout (every stream was cancelled)
+// Unary: one async unary call's state, kept alive by gRPC's callback until it is done.
+template <typename Resp>
+struct Unary {
+  grpc::ClientContext ctx;
+  Resp resp;
+  absl::Status status;
 };
 
 class GrpcGncClient final : public GncClient {
@@ -113,38 +102,37 @@ class GrpcGncClient final : public GncClient {
     int64_t total_steps = 0;
     v1::SmoothingMode mode = v1::SMOOTHING_MODE_UNSPECIFIED;
   };
+  // Result: the combined outcome of one operation on every shard.
+  struct Result {
+    absl::Status status;     // the first real error, else ABORTED if any, else OK
+    bool broken = false;     // some stream ended (the others were cancelled)
+    bool timed_out = false;  // the operation ran past its timeout (all were cancelled)
+  };
 
-  // JoinOnce: one Join of `shard`, waiting for it to be up until `deadline`.
-  absl::Status JoinOnce(Shard& shard, uint64_t config_hash, absl::Time deadline,
-                        JoinReply* reply);
-  // Synchronize: joins every shard (retrying unreachable ones with backoff until
-  // `deadline`) and acts on DecideJobSync until the job is consistent.
+  // CallAll: starts `start(shard, ctx, resp, done)` on every shard in `which` and
+  // waits for all to finish; each call gets `deadline` (and waits for a shard that
+  // is not up yet when wait_for_ready).
+  template <typename Resp>
+  std::vector<std::shared_ptr<Unary<Resp>>> CallAll(
+      const std::vector<int>& which, absl::Time deadline, bool wait_for_ready,
+      const std::function<void(Shard&, grpc::ClientContext*, Resp*,
+                               std::function<void(grpc::Status)>)>& start);
+  // JoinAll: Join on the shards in `which`; per-shard statuses.
+  std::vector<absl::Status> JoinAll(const std::vector<int>& which, uint64_t config_hash,
+                                    absl::Time deadline, JoinReply* first);
   absl::Status Synchronize(absl::Time deadline, absl::Status cause);
-  // Recover: after a stream failure: close every stream, then Synchronize within
-  // reconnect_timeout.
   absl::Status Recover(const absl::Status& cause);
   absl::Status OfferTo(Shard& shard, std::span<const float> params, uint64_t job_id,
                        uint64_t* shard_job_id);
-  absl::Status OpenStream(Shard& shard);
-  // StreamFailed: ends a broken stream and says why.
-  absl::Status StreamFailed(Shard& shard);
-  // ReadPoint: reads the shard's next evaluation point into dst (its slice).
-  absl::Status ReadPoint(Shard& shard, std::span<float> dst);
-  // Push: sends g (the shard's slice) for the shard's current point; waits for the Ack.
-  absl::Status Push(Shard& shard, std::span<const float> g, int64_t num_samples);
-  // RePush: after a recovery in the same generation, sends g again to each shard
-  // whose first point is still `tags`; others keep their new point as pending.
-  FanOutResult RePush(std::span<const float> g, int64_t num_samples,
-                      const std::vector<Tag>& tags);
-  void CloseStreams();
-  void CancelStreams();
-  // FanOut: runs fn on every shard concurrently. When a stream fails, or `timeout`
-  // passes, the other shards' streams are cancelled, so no wait outlives the call.
-  FanOutResult FanOut(const std::function<absl::Status(Shard&)>& fn, absl::Duration timeout);
-  // StallError: DEADLINE_EXCEEDED for `what`, naming what every shard waits for.
+  // Run: starts `op(shard)` on every shard that `wanted(shard)`, waits for all of them
+  // up to step_timeout, and cancels the others when a stream breaks or time runs out.
+  Result Run(const std::function<bool(Shard&)>& op);
   absl::Status StallError(absl::string_view what);
   bool PointsConsistent() const;
+  void CloseStreams();
+  std::shared_ptr<ShardStream>& Stream(Shard& shard);
   absl::Status Named(const Shard& shard, const absl::Status& s) const;
+  std::vector<int> AllShards() const;
 
   const ClientOptions options_;
   std::vector<Shard> shards_;
@@ -153,10 +141,8 @@ class GrpcGncClient final : public GncClient {
   // The recovery since the last ReceiveEvalPoint closed the streams: the gradient
   // the caller computed must be matched against fresh points before it is pushed.
   bool recovered_ = false;
-  std::vector<Tag> point_tags_;  // per shard, of the last ReceiveEvalPoint
-
-  absl::Mutex cancel_mu_;
-  bool cancelling_ ABSL_GUARDED_BY(cancel_mu_) = false;
+  std::vector<ShardTag> point_tags_;  // per shard, of the last ReceiveEvalPoint
+  CallGroup group_;
 };
 
 absl::Status GrpcGncClient::Named(const Shard& shard, const absl::Status& s) const {
@@ -165,106 +151,41 @@ absl::Status GrpcGncClient::Named(const Shard& shard, const absl::Status& s) con
                       absl::StrCat("shard ", shard.index, " (", shard.address, "): ", s.message()));
 }
 
-void GrpcGncClient::CancelStreams() {
-  absl::MutexLock lock(&cancel_mu_);
-  cancelling_ = true;
-  for (Shard& shard : shards_) {
-    if (shard.train_ctx != nullptr) shard.train_ctx->TryCancel();
-  }
+std::vector<int> GrpcGncClient::AllShards() const {
+  std::vector<int> all(shards_.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
+  return all;
 }
 
-FanOutResult GrpcGncClient::FanOut(const std::function<absl::Status(Shard&)>& fn,
-                                   absl::Duration timeout) {
-  const size_t n = shards_.size();
-  std::vector<absl::Status> results(n);
-  absl::Mutex mu;
-  size_t pending = n;
-  bool broken = false;
-  {
-    absl::MutexLock lock(&cancel_mu_);
-    cancelling_ = false;
-  }
-  std::vector<std::thread> threads;
-  threads.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    shards_[i].broken = false;
-    threads.emplace_back([&, i] {
-      absl::Status s = fn(shards_[i]);
-      absl::MutexLock lock(&mu);
-      results[i] = std::move(s);
-      --pending;
-      if (shards_[i].broken) broken = true;
+template <typename Resp>
+std::vector<std::shared_ptr<Unary<Resp>>> GrpcGncClient::CallAll(
+    const std::vector<int>& which, absl::Time deadline, bool wait_for_ready,
+    const std::function<void(Shard&, grpc::ClientContext*, Resp*, std::function<void(grpc::Status)>)>&
+        start) {
+  auto group = std::make_shared<CallGroup>();
+  std::vector<std::shared_ptr<Unary<Resp>>> calls;
+  group->Begin(static_cast<int>(which.size()));
+  for (int i : which) {
+    auto call = std::make_shared<Unary<Resp>>();
+    call->ctx.set_deadline(absl::ToChronoTime(deadline));
+    call->ctx.set_wait_for_ready(wait_for_ready);
+    calls.push_back(call);
+    start(shards_[i], &call->ctx, &call->resp, [call, group](grpc::Status s) {
+      call->status = FromGrpcStatus(s);
+      group->End(false);
     });
   }
-  FanOutResult out;
-  bool cancel = false;
-  {
-    absl::MutexLock lock(&mu);
-    auto settled = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return pending == 0 || broken; };
-    out.timed_out = !mu.AwaitWithTimeout(absl::Condition(&settled), timeout);
-    cancel = pending > 0;  // timed out, or a stream broke while others still wait
-  }
-  if (cancel) CancelStreams();
-  for (std::thread& t : threads) t.join();
-  out.broken = false;
-  for (const Shard& shard : shards_) out.broken |= shard.broken;
-  // Prefer the error that broke a stream, then any real error, over ABORTED (late),
-  // which callers treat as "carry on", and over the CANCELLED of streams we ended.
-  absl::Status aborted, cancelled;
-  for (size_t i = 0; i < n; ++i) {
-    const absl::Status& r = results[i];
-    if (r.ok()) continue;
-    if (absl::IsAborted(r)) {
-      if (aborted.ok()) aborted = Named(shards_[i], r);
-    } else if (absl::IsCancelled(r)) {
-      if (cancelled.ok()) cancelled = Named(shards_[i], r);
-    } else if (out.status.ok()) {
-      out.status = Named(shards_[i], r);
-    }
-  }
-  if (out.status.ok()) out.status = !cancelled.ok() ? cancelled : aborted;
-  return out;
+  group->WaitAll();
+  return calls;
 }
 
-absl::Status GrpcGncClient::StallError(absl::string_view what) {
-  std::vector<std::string> parts(shards_.size());
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < shards_.size(); ++i) {
-    threads.emplace_back([&, i] {
-      Shard& shard = shards_[i];
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-      v1::StatusRequest req;
-      v1::StatusResponse resp;
-      grpc::Status s = shard.stub->GetStatus(&ctx, req, &resp);
-      std::string who = absl::StrCat("shard ", shard.index, " (", shard.address, ")");
-      if (!s.ok()) {
-        parts[i] = absl::StrCat(who, ": unreachable (", s.error_message(), ")");
-      } else if (resp.job().diverged()) {
-        parts[i] = absl::StrCat(who, ": diverged at step ", resp.step());
-      } else if (resp.waiting_for_ranks_size() == 0) {
-        parts[i] = absl::StrCat(who, ": at step ", resp.step(), ", waiting for no rank");
-      } else {
-        parts[i] = absl::StrCat(who, ": at step ", resp.step(), ", waiting ",
-                                static_cast<int64_t>(resp.waiting_seconds()),
-                                " s for rank(s) ", absl::StrJoin(resp.waiting_for_ranks(), ","));
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  return absl::DeadlineExceededError(
-      absl::StrCat("worker ", options_.rank, ": no progress within ",
-                   absl::FormatDuration(options_.step_timeout), " ", what, ": ",
-                   absl::StrJoin(parts, "; ")));
-}
-
-absl::Status GrpcGncClient::JoinOnce(Shard& shard, uint64_t config_hash, absl::Time deadline,
-                                     JoinReply* reply) {
+std::vector<absl::Status> GrpcGncClient::JoinAll(const std::vector<int>& which,
+                                                 uint64_t config_hash, absl::Time deadline,
+                                                 JoinReply* first) {
   v1::JoinRequest req;
   req.set_rank(options_.rank);
   req.set_num_workers(options_.num_workers);
   req.set_num_shards(static_cast<int>(shards_.size()));
-  req.set_shard_index(shard.index);
   req.set_local_batch_size(options_.local_batch_size);
   req.set_config_hash(config_hash);
   req.set_job_id(job_.job_id);
@@ -273,34 +194,77 @@ absl::Status GrpcGncClient::JoinOnce(Shard& shard, uint64_t config_hash, absl::T
     out->set_name(t.name);
     for (int64_t d : t.shape) out->add_shape(d);
   }
-  grpc::ClientContext ctx;
-  ctx.set_wait_for_ready(true);  // a shard that is (re)starting is waited for
-  ctx.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + kCallTimeout)));
-  v1::JoinResponse resp;
-  grpc::Status s = shard.stub->Join(&ctx, req, &resp);
-  if (!s.ok()) return FromGrpcStatus(s);
-  shard.range = ShardRange{resp.shard_begin(), resp.shard_end()};
-  shard.needs_parameters = resp.needs_parameters();
-  shard.job = resp.job();
-  if (reply != nullptr) {
-    reply->config_hash = resp.config_hash();
-    reply->layout_hash = resp.layout_hash();
-    reply->total_steps = resp.total_steps();
-    reply->mode = resp.mode();
+  std::vector<v1::JoinRequest> reqs(which.size(), req);
+  size_t next = 0;
+  auto calls = CallAll<v1::JoinResponse>(
+      which, std::min(deadline, absl::Now() + kCallTimeout), /*wait_for_ready=*/true,
+      [&](Shard& shard, grpc::ClientContext* ctx, v1::JoinResponse* resp,
+          std::function<void(grpc::Status)> done) {
+        v1::JoinRequest& r = reqs[next++];
+        r.set_shard_index(shard.index);
+        shard.stub->async()->Join(ctx, &r, resp, std::move(done));
+      });
+  std::vector<absl::Status> out;
+  for (size_t j = 0; j < which.size(); ++j) {
+    Shard& shard = shards_[which[j]];
+    absl::Status s = calls[j]->status;
+    const v1::JoinResponse& resp = calls[j]->resp;
+    if (s.ok()) {
+      shard.range = ShardRange{resp.shard_begin(), resp.shard_end()};
+      shard.needs_parameters = resp.needs_parameters();
+      shard.job = resp.job();
+      const ShardRange expected = ShardRangeFor(options_.layout.NumElements(),
+                                                static_cast<int>(shards_.size()), shard.index);
+      if (expected.begin != shard.range.begin || expected.end != shard.range.end) {
+        s = absl::FailedPreconditionError("shard range differs from the client's shard map");
+      }
+      if (first != nullptr && j == 0) {
+        first->config_hash = resp.config_hash();
+        first->layout_hash = resp.layout_hash();
+        first->total_steps = resp.total_steps();
+        first->mode = resp.mode();
+      }
+    }
+    out.push_back(s);
   }
-  const ShardRange expected = ShardRangeFor(options_.layout.NumElements(),
-                                            static_cast<int>(shards_.size()), shard.index);
-  if (expected.begin != shard.range.begin || expected.end != shard.range.end) {
-    return absl::FailedPreconditionError("shard range differs from the client's shard map");
+  return out;
+}
+
+absl::Status GrpcGncClient::StallError(absl::string_view what) {
+  auto calls = CallAll<v1::StatusResponse>(
+      AllShards(), absl::Now() + absl::Seconds(5), /*wait_for_ready=*/false,
+      [](Shard& shard, grpc::ClientContext* ctx, v1::StatusResponse* resp,
+         std::function<void(grpc::Status)> done) {
+        static const v1::StatusRequest kRequest;
+        shard.stub->async()->GetStatus(ctx, &kRequest, resp, std::move(done));
+      });
+  std::vector<std::string> parts;
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    const Shard& shard = shards_[i];
+    const v1::StatusResponse& resp = calls[i]->resp;
+    std::string who = absl::StrCat("shard ", shard.index, " (", shard.address, ")");
+    if (!calls[i]->status.ok()) {
+      parts.push_back(absl::StrCat(who, ": unreachable (", calls[i]->status.message(), ")"));
+    } else if (resp.job().diverged()) {
+      parts.push_back(absl::StrCat(who, ": diverged at step ", resp.step()));
+    } else if (resp.waiting_for_ranks_size() == 0) {
+      parts.push_back(absl::StrCat(who, ": at step ", resp.step(), ", waiting for no rank"));
+    } else {
+      parts.push_back(absl::StrCat(who, ": at step ", resp.step(), ", waiting ",
+                                   static_cast<int64_t>(resp.waiting_seconds()),
+                                   " s for rank(s) ",
+                                   absl::StrJoin(resp.waiting_for_ranks(), ",")));
+    }
   }
-  return absl::OkStatus();
+  return absl::DeadlineExceededError(
+      absl::StrCat("worker ", options_.rank, ": no progress within ",
+                   absl::FormatDuration(options_.step_timeout), " ", what, ": ",
+                   absl::StrJoin(parts, "; ")));
 }
 
 absl::Status GrpcGncClient::Synchronize(absl::Time deadline, absl::Status cause) {
   absl::Duration backoff = absl::Milliseconds(100);
-  absl::Status last = std::move(cause);
   auto wait_or_fail = [&](const absl::Status& why) -> absl::Status {
-    last = why;
     const absl::Time now = absl::Now();
     if (now >= deadline) return why;
     absl::SleepFor(std::min(backoff, deadline - now));
@@ -308,16 +272,7 @@ absl::Status GrpcGncClient::Synchronize(absl::Time deadline, absl::Status cause)
     return absl::OkStatus();
   };
   while (true) {
-    std::vector<absl::Status> joined(shards_.size());
-    {
-      std::vector<std::thread> threads;
-      for (size_t i = 0; i < shards_.size(); ++i) {
-        threads.emplace_back([&, i] {
-          joined[i] = JoinOnce(shards_[i], job_.config_hash, deadline, nullptr);
-        });
-      }
-      for (std::thread& t : threads) t.join();
-    }
+    std::vector<absl::Status> joined = JoinAll(AllShards(), job_.config_hash, deadline, nullptr);
     absl::Status unreachable;
     for (size_t i = 0; i < shards_.size(); ++i) {
       const absl::Status& s = joined[i];
@@ -362,29 +317,23 @@ absl::Status GrpcGncClient::Synchronize(absl::Time deadline, absl::Status cause)
     LogWarning("worker ", options_.rank, ": rewinding job ", absl::Hex(d.job_id), " to step ",
                d.step, " (generation ", d.generation, ") on shard(s) ",
                absl::StrJoin(d.shards, ","));
-    std::vector<absl::Status> rewound(d.shards.size());
-    {
-      std::vector<std::thread> threads;
-      for (size_t j = 0; j < d.shards.size(); ++j) {
-        threads.emplace_back([&, j] {
-          Shard& shard = shards_[d.shards[j]];
-          grpc::ClientContext ctx;
-          // Loading a checkpoint of a large shard takes a while: allow the whole budget.
-          ctx.set_deadline(absl::ToChronoTime(std::max(deadline, absl::Now() + kCallTimeout)));
-          v1::RewindRequest req;
-          req.set_job_id(d.job_id);
-          req.set_step(d.step);
-          req.set_generation(d.generation);
-          v1::JobState resp;
-          rewound[j] = Named(shard, FromGrpcStatus(shard.stub->Rewind(&ctx, req, &resp)));
+    v1::RewindRequest req;
+    req.set_job_id(d.job_id);
+    req.set_step(d.step);
+    req.set_generation(d.generation);
+    // Loading a checkpoint of a large shard takes a while: allow the whole budget.
+    auto calls = CallAll<v1::JobState>(
+        d.shards, std::max(deadline, absl::Now() + kCallTimeout), /*wait_for_ready=*/false,
+        [&](Shard& shard, grpc::ClientContext* ctx, v1::JobState* resp,
+            std::function<void(grpc::Status)> done) {
+          shard.stub->async()->Rewind(ctx, &req, resp, std::move(done));
         });
-      }
-      for (std::thread& t : threads) t.join();
-    }
-    for (const absl::Status& s : rewound) {
-      if (s.ok()) continue;
+    for (size_t j = 0; j < calls.size(); ++j) {
+      if (calls[j]->status.ok()) continue;
       // The shards moved on meanwhile (another client's rewind, a restart): look again.
-      if (absl::Status e = wait_or_fail(s); !e.ok()) return e;
+      if (absl::Status e = wait_or_fail(Named(shards_[d.shards[j]], calls[j]->status)); !e.ok()) {
+        return e;
+      }
       break;
     }
   }
@@ -415,14 +364,16 @@ absl::Status GrpcGncClient::Init() {
     Shard& shard = shards_[i];
     shard.index = static_cast<int>(i);
     shard.address = options_.servers[i];
-    shard.stub = v1::ParameterShard::NewStub(
-        grpc::CreateCustomChannel(shard.address, grpc::InsecureChannelCredentials(), args));
+    std::shared_ptr<grpc::Channel> channel =
+        grpc::CreateCustomChannel(shard.address, grpc::InsecureChannelCredentials(), args);
+    shard.stub = v1::ParameterShard::NewStub(channel);
+    shard.generic = std::make_unique<grpc::GenericStub>(channel);
   }
   // Shard 0 first: it fixes the config hash that every other shard must have.
   const absl::Time deadline = absl::Now() + options_.connect_timeout;
   JoinReply first;
   while (true) {
-    absl::Status s = JoinOnce(shards_[0], options_.config_hash, deadline, &first);
+    absl::Status s = JoinAll({0}, options_.config_hash, deadline, &first)[0];
     if (s.ok()) break;
     if (!(absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s))) return Named(shards_[0], s);
     if (absl::Now() >= deadline) {
@@ -445,6 +396,7 @@ absl::Status GrpcGncClient::Init() {
 
 absl::Status GrpcGncClient::OfferTo(Shard& shard, std::span<const float> params, uint64_t job_id,
                                     uint64_t* shard_job_id) {
+  // Sync, once per shard per job: the offer is not on the training path.
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.step_timeout));
   v1::OfferParametersResponse resp;
@@ -487,100 +439,74 @@ absl::Status GrpcGncClient::OfferParameters(std::span<const float> params) {
     std::random_device rd;
     while (id == 0) id = (static_cast<uint64_t>(rd()) << 32) ^ rd();
   }
-  if (shards_[0].needs_parameters) {
-    if (absl::Status s = OfferTo(shards_[0], params, id, &id); !s.ok()) {
-      return Named(shards_[0], s);
+  for (Shard& shard : shards_) {
+    if (!shard.needs_parameters) continue;
+    uint64_t theirs = 0;
+    if (absl::Status s = OfferTo(shard, params, id, &theirs); !s.ok()) return Named(shard, s);
+    if (shard.index == 0) {
+      id = theirs;  // another worker's offer may have won
+    } else if (theirs != id) {
+      return Named(shard, absl::FailedPreconditionError(absl::StrCat(
+                              "serves job ", absl::Hex(theirs), ", shard 0 serves job ",
+                              absl::Hex(id))));
     }
   }
-  FanOutResult r = FanOut(
-      [&](Shard& shard) -> absl::Status {
-        if (!shard.needs_parameters) return absl::OkStatus();
-        uint64_t theirs = 0;
-        if (absl::Status s = OfferTo(shard, params, id, &theirs); !s.ok()) return s;
-        if (theirs != id) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "serves job ", absl::Hex(theirs), ", shard 0 serves job ", absl::Hex(id)));
-        }
-        return absl::OkStatus();
-      },
-      options_.step_timeout);
-  if (!r.status.ok()) return r.status;
   job_.job_id = id;
   return absl::OkStatus();
 }
 
-absl::Status GrpcGncClient::OpenStream(Shard& shard) {
-  {
-    absl::MutexLock lock(&cancel_mu_);
-    if (cancelling_) {
-      shard.broken = true;
-      return absl::CancelledError("the call was cancelled");
-    }
-    shard.train_ctx = std::make_unique<grpc::ClientContext>();
+std::shared_ptr<ShardStream>& GrpcGncClient::Stream(Shard& shard) {
+  if (shard.stream == nullptr) {
+    shard.stream =
+        ShardStream::Start(shard.generic.get(), options_.rank, options_.wire_dtype, &group_);
+    shard.state = StreamState::kAwaitEval;
   }
-  shard.train = shard.stub->Train(shard.train_ctx.get());
-  v1::TrainRequest hello;
-  hello.mutable_hello()->set_rank(options_.rank);
-  shard.state = StreamState::kAwaitEval;
-  if (!shard.train->Write(hello)) return StreamFailed(shard);
-  return absl::OkStatus();
+  return shard.stream;
 }
 
-absl::Status GrpcGncClient::StreamFailed(Shard& shard) {
-  absl::Status s = FromGrpcStatus(shard.train->Finish());
-  shard.train.reset();
-  shard.state = StreamState::kAwaitEval;
-  shard.broken = true;
-  if (s.ok()) s = absl::UnavailableError("the server closed the Train stream");
-  return s;
-}
-
-absl::Status GrpcGncClient::ReadPoint(Shard& shard, std::span<float> dst) {
-  if (shard.train == nullptr) {
-    if (absl::Status s = OpenStream(shard); !s.ok()) return s;
+GrpcGncClient::Result GrpcGncClient::Run(const std::function<bool(Shard&)>& op) {
+  // Each op either starts one stream operation (returns true: its End follows) or
+  // finishes at once (false).
+  std::vector<bool> started(shards_.size(), false);
+  group_.Begin(static_cast<int>(shards_.size()));
+  for (Shard& shard : shards_) {
+    started[shard.index] = op(shard);
+    if (!started[shard.index]) group_.End(false);
   }
-  if (shard.state != StreamState::kAwaitEval) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "no evaluation point is due: the gradient for step ", shard.tag.step,
-        " has not been accepted yet (push it again)"));
+  Result r;
+  r.timed_out = !group_.Wait(options_.step_timeout, /*stop_on_break=*/true);
+  r.broken = group_.broke();
+  if (r.timed_out || r.broken) {
+    // Cancel what still waits: a broken stream leaves the others waiting for a step
+    // that cannot complete. Every operation then ends, quickly.
+    for (Shard& shard : shards_) {
+      if (shard.stream != nullptr) shard.stream->Cancel();
+    }
+    group_.WaitAll();
   }
-  const int64_t size = shard.range.size();
-  Tag tag;
-  int64_t next = 0;
-  v1::TrainResponse resp;
-  while (shard.train->Read(&resp)) {
-    if (!resp.has_eval_point()) continue;  // a stray Ack cannot carry a point
-    const v1::TrainResponse::EvalPoint& p = resp.eval_point();
-    if (p.chunk().offset() == 0) {
-      tag = Tag{p.job_id(), p.generation(), p.step()};  // a (re)start of a point
-      next = 0;
-    }
-    // A stream that sends a malformed point is treated as broken: it is reopened.
-    auto garbled = [&](absl::string_view what) {
-      shard.broken = true;
-      return absl::DataLossError(
-          absl::StrCat("evaluation point ", what, " at offset ", p.chunk().offset()));
-    };
-    if (Tag{p.job_id(), p.generation(), p.step()} != tag || p.chunk().offset() != next) {
-      return garbled("out of order");
-    }
-    absl::StatusOr<int64_t> count = ChunkElementCount(p.chunk());
-    if (!count.ok()) return garbled(count.status().message());
-    if (next + *count > size) return garbled("exceeds the shard");
-    if (!DecodeChunk(p.chunk(), dst.subspan(next, *count)).ok()) return garbled("undecodable");
-    next += *count;
-    if (p.chunk().last()) {
-      if (next != size) return garbled("ended early");
-      shard.tag = tag;
-      shard.state = StreamState::kHaveEval;
-      return absl::OkStatus();
+  for (Shard& shard : shards_) {
+    if (shard.stream != nullptr && shard.stream->broken()) r.broken = true;
+  }
+  r.broken |= group_.broke();
+  absl::Status aborted, cancelled;
+  for (Shard& shard : shards_) {
+    if (!started[shard.index]) continue;
+    const absl::Status& s = shard.stream->status();
+    if (s.ok()) continue;
+    if (absl::IsAborted(s)) {
+      if (aborted.ok()) aborted = Named(shard, s);
+    } else if (absl::IsCancelled(s)) {
+      if (cancelled.ok()) cancelled = Named(shard, s);
+    } else if (r.status.ok()) {
+      r.status = Named(shard, s);
     }
   }
-  return StreamFailed(shard);
+  if (r.status.ok()) r.status = !cancelled.ok() ? cancelled : aborted;
+  return r;
 }
 
 bool GrpcGncClient::PointsConsistent() const {
-  const Tag& first = shards_[0].tag;
+  const ShardTag& first = shards_[0].tag;
   int64_t lo = first.step, hi = first.step;
   for (const Shard& shard : shards_) {
     if (shard.tag.job_id != first.job_id || shard.tag.generation != first.generation) {
@@ -612,24 +538,38 @@ absl::StatusOr<int64_t> GrpcGncClient::ReceiveEvalPoint(std::span<float> x) {
   if (static_cast<int64_t>(x.size()) != options_.layout.NumElements()) {
     return absl::InvalidArgumentError("evaluation point buffer has the wrong size");
   }
+  for (const Shard& shard : shards_) {
+    if (shard.state == StreamState::kHaveEval && !shard.has_pending) {
+      return Named(shard, absl::FailedPreconditionError(absl::StrCat(
+                              "no evaluation point is due: the gradient for step ",
+                              shard.tag.step, " has not been accepted yet (push it again)")));
+    }
+  }
   for (int recoveries = 0;; ++recoveries) {
-    FanOutResult r = FanOut(
-        [&](Shard& shard) -> absl::Status {
-          std::span<float> slice = x.subspan(shard.range.begin, shard.range.size());
-          if (shard.has_pending) {
-            std::copy(shard.pending.begin(), shard.pending.end(), slice.begin());
-            shard.has_pending = false;
-            return absl::OkStatus();
-          }
-          return ReadPoint(shard, slice);
-        },
-        options_.step_timeout);
+    Result r = Run([&](Shard& shard) {
+      std::span<float> slice = x.subspan(shard.range.begin, shard.range.size());
+      if (shard.has_pending) {
+        std::copy(shard.pending.begin(), shard.pending.end(), slice.begin());
+        shard.has_pending = false;
+        return false;
+      }
+      Stream(shard)->ReadPoint(slice);
+      return true;
+    });
     if (r.timed_out) return StallError("waiting for the next evaluation point");
     absl::Status cause = r.status;
-    if (cause.ok() && !PointsConsistent()) {
-      cause = absl::DataLossError(
-          "the shards sent points of different generations (a rewind is under way)");
-    } else if (!cause.ok() && !(r.broken && Recoverable(cause))) {
+    if (cause.ok()) {
+      for (Shard& shard : shards_) {
+        if (shard.stream != nullptr && shard.state == StreamState::kAwaitEval) {
+          shard.tag = shard.stream->tag();
+          shard.state = StreamState::kHaveEval;
+        }
+      }
+      if (!PointsConsistent()) {
+        cause = absl::DataLossError(
+            "the shards sent points of different generations (a rewind is under way)");
+      }
+    } else if (!(r.broken && Recoverable(cause))) {
       return cause;
     }
     if (cause.ok()) break;
@@ -647,49 +587,6 @@ absl::StatusOr<int64_t> GrpcGncClient::ReceiveEvalPoint(std::span<float> x) {
   return step;
 }
 
-absl::Status GrpcGncClient::Push(Shard& shard, std::span<const float> g, int64_t num_samples) {
-  const int64_t size = shard.range.size();
-  v1::TrainRequest req;
-  v1::TrainRequest::Gradient* grad = req.mutable_gradient();
-  grad->set_step(shard.tag.step);
-  grad->set_generation(shard.tag.generation);
-  grad->set_num_samples(num_samples);
-  for (int64_t offset = 0; offset < size; offset += kDefaultChunkElements) {
-    const int64_t count = std::min(kDefaultChunkElements, size - offset);
-    v1::Chunk* chunk = grad->mutable_chunk();
-    chunk->set_offset(offset);
-    chunk->set_last(offset + count == size);
-    absl::Status s = EncodeChunk(g.subspan(offset, count), {}, v1::FLOAT32, chunk);
-    if (!s.ok()) return s;
-    if (!shard.train->Write(req)) break;  // the stream ended; Read/Finish say why
-  }
-  v1::TrainResponse resp;
-  while (shard.train->Read(&resp)) {
-    if (!resp.has_ack()) continue;
-    const v1::TrainResponse::Ack& ack = resp.ack();
-    const absl::Status verdict(static_cast<absl::StatusCode>(ack.code()), ack.message());
-    if (verdict.ok() || absl::IsAborted(verdict)) shard.state = StreamState::kAwaitEval;
-    return verdict;
-  }
-  return StreamFailed(shard);
-}
-
-FanOutResult GrpcGncClient::RePush(std::span<const float> g, int64_t num_samples,
-                                   const std::vector<Tag>& tags) {
-  return FanOut(
-      [&](Shard& shard) -> absl::Status {
-        if (shard.has_pending) return absl::OkStatus();
-        shard.pending.resize(static_cast<size_t>(shard.range.size()));
-        if (absl::Status s = ReadPoint(shard, shard.pending); !s.ok()) return s;
-        if (shard.tag != tags[shard.index]) {
-          shard.has_pending = true;  // this shard moved on: the point is the next one
-          return absl::OkStatus();
-        }
-        return Push(shard, g.subspan(shard.range.begin, shard.range.size()), num_samples);
-      },
-      options_.step_timeout);
-}
-
 absl::Status GrpcGncClient::PushGradient(std::span<const float> g, int64_t num_samples) {
   if (left_) return absl::FailedPreconditionError("the client has left the job");
   if (static_cast<int64_t>(g.size()) != options_.layout.NumElements()) {
@@ -700,14 +597,26 @@ absl::Status GrpcGncClient::PushGradient(std::span<const float> g, int64_t num_s
   if (point_tags_.size() != shards_.size()) {
     return absl::FailedPreconditionError("no evaluation point received yet");
   }
-  FanOutResult r;
+  std::vector<bool> pushed(shards_.size(), false);
+  auto push = [&](Shard& shard) {
+    pushed[shard.index] = shard.state == StreamState::kHaveEval && !shard.has_pending;
+    if (!pushed[shard.index]) return false;
+    shard.stream->PushGradient(g.subspan(shard.range.begin, shard.range.size()), num_samples,
+                               shard.tag);
+    return true;
+  };
+  auto settle = [&] {
+    // A verdict of OK or ABORTED moves the shard on to its next point.
+    for (Shard& shard : shards_) {
+      if (!pushed[shard.index]) continue;
+      const absl::Status& s = shard.stream->status();
+      if (s.ok() || absl::IsAborted(s)) shard.state = StreamState::kAwaitEval;
+    }
+  };
+  Result r;
   if (!recovered_) {
-    r = FanOut(
-        [&](Shard& shard) -> absl::Status {
-          if (shard.state != StreamState::kHaveEval) return absl::OkStatus();
-          return Push(shard, g.subspan(shard.range.begin, shard.range.size()), num_samples);
-        },
-        options_.step_timeout);
+    r = Run(push);
+    settle();
   }
   for (int recoveries = 0;; ++recoveries) {
     if (r.timed_out) return StallError("waiting for the shards to take the gradient");
@@ -724,7 +633,19 @@ absl::Status GrpcGncClient::PushGradient(std::span<const float> g, int64_t num_s
                                              job_.generation, ") before this gradient of step ",
                                              point_tags_[0].step, " was taken; carry on"));
     }
-    r = RePush(g, num_samples, point_tags_);
+    r = Run([&](Shard& shard) {
+      shard.pending.resize(static_cast<size_t>(shard.range.size()));
+      Stream(shard)->ReadPoint(shard.pending);
+      return true;
+    });
+    if (!r.status.ok() || r.timed_out) continue;
+    for (Shard& shard : shards_) {
+      shard.tag = shard.stream->tag();
+      shard.state = StreamState::kHaveEval;
+      shard.has_pending = shard.tag != point_tags_[shard.index];
+    }
+    r = Run(push);
+    settle();
   }
 }
 
@@ -732,54 +653,26 @@ absl::StatusOr<int64_t> GrpcGncClient::Pull(std::span<float> w) {
   if (static_cast<int64_t>(w.size()) != options_.layout.NumElements()) {
     return absl::InvalidArgumentError("parameter buffer has the wrong size");
   }
-  std::vector<Tag> tags(shards_.size());
+  std::vector<ShardTag> tags(shards_.size());
   for (int recoveries = 0;; ++recoveries) {
-    std::vector<absl::Status> results(shards_.size());
-    std::vector<std::thread> threads;
-    for (size_t i = 0; i < shards_.size(); ++i) {
-      threads.emplace_back([&, i] {
-        Shard& shard = shards_[i];
-        grpc::ClientContext ctx;
-        ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.step_timeout));
-        v1::PullRequest req;
-        req.set_dtype(v1::FLOAT32);
-        std::unique_ptr<grpc::ClientReader<v1::PullResponse>> reader =
-            shard.stub->PullParameters(&ctx, req);
-        v1::PullResponse resp;
-        int64_t next = 0;
-        absl::Status s;
-        while (s.ok() && reader->Read(&resp)) {
-          absl::StatusOr<int64_t> count = ChunkElementCount(resp.chunk());
-          if (!count.ok()) {
-            s = count.status();
-          } else if (resp.chunk().offset() != next || next + *count > shard.range.size()) {
-            s = absl::DataLossError("parameter chunks out of order");
-          } else {
-            s = DecodeChunk(resp.chunk(), w.subspan(shard.range.begin + next, *count));
-            next += *count;
-            tags[i] = Tag{resp.job_id(), resp.generation(), resp.step()};
-          }
-        }
-        if (!s.ok()) ctx.TryCancel();
-        absl::Status f = FromGrpcStatus(reader->Finish());
-        if (s.ok()) s = f;
-        if (s.ok() && next != shard.range.size()) {
-          s = absl::DataLossError("parameter pull ended early");
-        }
-        results[i] = Named(shard, s);
-      });
+    CallGroup group;
+    std::vector<std::shared_ptr<PullCall>> calls;
+    group.Begin(static_cast<int>(shards_.size()));
+    for (Shard& shard : shards_) {
+      calls.push_back(PullCall::Start(shard.generic.get(),
+                                      w.subspan(shard.range.begin, shard.range.size()),
+                                      options_.step_timeout, &group));
     }
-    for (std::thread& t : threads) t.join();
+    group.WaitAll();
     absl::Status failed;
-    for (const absl::Status& s : results) {
-      if (!s.ok()) {
-        failed = s;
-        break;
-      }
+    for (size_t i = 0; i < shards_.size(); ++i) {
+      calls[i]->WaitDone();
+      tags[i] = calls[i]->tag();
+      if (failed.ok() && !calls[i]->status().ok()) failed = Named(shards_[i], calls[i]->status());
     }
     if (failed.ok()) {
       bool same = true;
-      for (const Tag& t : tags) {
+      for (const ShardTag& t : tags) {
         same &= t.job_id == tags[0].job_id && t.generation == tags[0].generation;
       }
       if (same) break;
@@ -789,40 +682,37 @@ absl::StatusOr<int64_t> GrpcGncClient::Pull(std::span<float> w) {
     if (absl::Status s = Recover(failed); !s.ok()) return s;
   }
   int64_t step = tags[0].step;
-  for (const Tag& t : tags) step = std::min(step, t.step);
+  for (const ShardTag& t : tags) step = std::min(step, t.step);
   return step;
 }
 
 void GrpcGncClient::CloseStreams() {
-  CancelStreams();
+  for (Shard& shard : shards_) {
+    if (shard.stream != nullptr) shard.stream->Cancel();
+  }
   for (Shard& shard : shards_) {
     shard.state = StreamState::kAwaitEval;
     shard.has_pending = false;
-    if (shard.train == nullptr) continue;
-    shard.train->Finish();
-    shard.train.reset();
+    if (shard.stream == nullptr) continue;
+    shard.stream->WaitDone();  // gRPC lets go of it (and of any gradient it was sending)
+    shard.stream.reset();
   }
 }
 
 absl::Status GrpcGncClient::Leave() {
   if (left_) return absl::OkStatus();
-  std::vector<absl::Status> results(shards_.size());
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < shards_.size(); ++i) {
-    threads.emplace_back([&, i] {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + kCallTimeout));
-      v1::LeaveRequest req;
-      req.set_rank(options_.rank);
-      v1::LeaveResponse resp;
-      results[i] = Named(shards_[i], FromGrpcStatus(shards_[i].stub->Leave(&ctx, req, &resp)));
-    });
-  }
-  for (std::thread& t : threads) t.join();
+  v1::LeaveRequest req;
+  req.set_rank(options_.rank);
+  auto calls = CallAll<v1::LeaveResponse>(
+      AllShards(), absl::Now() + kCallTimeout, /*wait_for_ready=*/false,
+      [&](Shard& shard, grpc::ClientContext* ctx, v1::LeaveResponse* resp,
+          std::function<void(grpc::Status)> done) {
+        shard.stub->async()->Leave(ctx, &req, resp, std::move(done));
+      });
   CloseStreams();
   left_ = true;
-  for (const absl::Status& s : results) {
-    if (!s.ok()) return s;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    if (!calls[i]->status.ok()) return Named(shards_[i], calls[i]->status);
   }
   return absl::OkStatus();
 }

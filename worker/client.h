@@ -17,9 +17,9 @@
 //   }
 //   (*client)->Leave();
 //
-// Thread-compatible: one thread drives a client; internally each call fans out to
-// one thread per shard. Every server error comes back as a Status carrying the
-// server's code and message, prefixed with the shard it came from.
+// Thread-compatible: one thread drives a client; each call fans out to every shard at
+// once on gRPC's callback API (no thread per call). Every server error comes back as a
+// Status carrying the server's code and message, prefixed with the shard it came from.
 //
 // Failures (DESIGN section 6). Every wait ends: a call that sees no progress for
 // options.step_timeout returns DEADLINE_EXCEEDED naming the shards and the ranks they
@@ -43,6 +43,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/layout.h"
+#include "common/payload.h"
 
 namespace gnc {
 
@@ -60,6 +61,9 @@ struct ClientOptions {
   // The longest any call waits for the job to make progress (a step to complete, a
   // gradient to be acknowledged) before it fails with DEADLINE_EXCEEDED.
   absl::Duration step_timeout = absl::Minutes(10);
+  // The wire encoding of gradients sent and points received: kFloat32, or kBfloat16
+  // (half the bytes; the shards round to nearest even and keep float32 state).
+  WireDType wire_dtype = WireDType::kFloat32;
 };
 
 // JobInfo: what the shards told this worker on join.

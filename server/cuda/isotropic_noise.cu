@@ -16,7 +16,7 @@ __global__ void __launch_bounds__(kMergeThreads) IsotropicNoiseKernel(const Isot
   double s = 0;
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * kMergeThreads + threadIdx.x; j < a.d;
        j += static_cast<int64_t>(gridDim.x) * kMergeThreads) {
-    const float x = static_cast<float>(a.sigma * StandardNormal(key, a.global_offset + j));
+    const float x = __fmul_rn(a.sigma, StandardNormal(key, a.global_offset + j));
     __stcs(&out[j], x);
     s += static_cast<double>(x) * x;
   }

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/cuda/cuda_memory.h"
 #include "common/cuda/cuda_status.h"
+#include "common/bf16.h"
 #include "common/finite.h"
 #include "common/status_macros.h"
 #include "server/cuda/merge_kernels.h"
@@ -56,7 +57,7 @@ class CudaMergeBackend final : public MergeBackend {
 
   absl::Status MergeInto(const MergeParams& p, const MergeInputs& in, std::span<const float> w,
                          std::span<const float> v, std::span<float> w_out,
-                         std::span<float> v_out, std::span<const std::span<float>> deltas,
+                         std::span<float> v_out, std::span<const PointOut> points,
                          MergeStats* stats) override;
 
  private:
@@ -86,6 +87,7 @@ class CudaMergeBackend final : public MergeBackend {
   PinnedArray<float> weights_host_, scales_host_;
   PinnedArray<uint64_t> keys_host_;
   PinnedArray<double> sums_host_;
+  std::vector<float> delta_host_;  // the deltas, downloaded to form the points
 };
 
 absl::StatusOr<std::unique_ptr<MergeBackend>> CudaMergeBackend::Create(int device) {
@@ -152,11 +154,10 @@ absl::Status CudaMergeBackend::Sums(int rows, int cols) {
 absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs& in,
                                          std::span<const float> w, std::span<const float> v,
                                          std::span<float> w_out, std::span<float> v_out,
-                                         std::span<const std::span<float>> deltas,
-                                         MergeStats* stats) {
+                                         std::span<const PointOut> points, MergeStats* stats) {
   const size_t num = in.grads.size();
   const size_t d = w.size();
-  GNC_RETURN_IF_ERROR(ValidateMergeInputs(in, w, v, deltas, w_out.size(), v_out.size()));
+  GNC_RETURN_IF_ERROR(ValidateMergeInputs(p, in, w, v, points, w_out.size(), v_out.size()));
   double total = 0;
   for (double n : in.num_samples) total += n;
   if (!(total > 0)) return absl::InvalidArgumentError("merge with no samples");
@@ -231,7 +232,7 @@ absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs
     n.stride = stride_;
     n.d = static_cast<int64_t>(d);
     n.global_offset = p.global_offset;
-    n.sigma = std::sqrt(coef2 * stats->noise_sqnorm_mean / d);
+    n.sigma = static_cast<float>(std::sqrt(coef2 * stats->noise_sqnorm_mean / d));
     n.num = k_num;
     n.num_blocks = row_blocks_;
     GNC_CUDA_RETURN_IF_ERROR(cuda::LaunchIsotropicNoise(n, s));
@@ -263,13 +264,30 @@ absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs
   std::vector<cuda::DeviceToHost> down;
   down.push_back({w_.data(), w_out.data(), d * sizeof(float)});
   down.push_back({v_.data(), v_out.data(), d * sizeof(float)});
-  if (p.mode != SmoothingMode::kNone) {
+  const bool write_points = p.mode != SmoothingMode::kNone && !points.empty();
+  if (write_points) {
+    delta_host_.resize(num * d);
     for (size_t k = 0; k < num; ++k) {
-      down.push_back({deltas_.data() + k * stride_, deltas[k].data(), d * sizeof(float)});
+      down.push_back({deltas_.data() + k * stride_, delta_host_.data() + k * d, d * sizeof(float)});
     }
   }
   GNC_RETURN_IF_ERROR(stager_->Download(down));
   stats->finite = FindNonFinite(w_out) < 0 && FindNonFinite(v_out) < 0;
+  // The points x_k = w + delta_k in each worker's encoding, as the CPU rounds them.
+  // (Formed on the host: a device pass writing them straight into pinned buffers is
+  // the next step for the GPU path.)
+  if (write_points) {
+    for (size_t k = 0; k < num; ++k) {
+      const float* delta = delta_host_.data() + k * d;
+      if (!points[k].f32.empty()) {
+        float* x = points[k].f32.data();
+        for (size_t j = 0; j < d; ++j) x[j] = w_out[j] + delta[j];
+      } else {
+        uint16_t* x = points[k].bf16.data();
+        for (size_t j = 0; j < d; ++j) x[j] = FloatToBf16(w_out[j] + delta[j]);
+      }
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -59,8 +59,9 @@ cudaError_t LaunchMergePass(const MergePassArgs& args, cudaStream_t stream);
 cudaError_t LaunchReduceRows(const double* in, int rows, int cols, double* out,
                              cudaStream_t stream);
 
-// IsotropicNoiseArgs: delta_k[j] = float(sigma * StandardNormal(keys[k],
-// global_offset + j)) for j < d (server/noise_rng.h, the same draws as the CPU), and
+// IsotropicNoiseArgs: delta_k[j] = sigma * StandardNormal(keys[k], global_offset + j)
+// in float, rounded as the CPU does, for j < d (server/noise_rng.h: the same draws and
+// the same bits as the CPU), and
 // per block partials[k * num_blocks + block] = sum_j delta_k[j]^2 in double.
 struct IsotropicNoiseArgs {
   float* deltas = nullptr;         // num rows
@@ -69,7 +70,7 @@ struct IsotropicNoiseArgs {
   int64_t stride = 0;
   int64_t d = 0;
   int64_t global_offset = 0;
-  double sigma = 0;
+  float sigma = 0;
   int num = 0;
   int num_blocks = 0;
 };

@@ -48,9 +48,20 @@ Result Merge(MergeBackend& backend, const Step& step) {
   for (const auto& g : step.grads) in.grads.emplace_back(g);
   in.num_samples = step.num_samples;
   in.ranks = step.ranks;
-  std::vector<std::span<float>> deltas;
-  for (auto& d : r.deltas) deltas.emplace_back(d);
-  r.status = backend.Merge(step.params, in, r.w, r.v, deltas, &r.stats);
+  // The backends write the points x_k = w + delta_k; the deltas are read back from them.
+  std::vector<std::vector<float>> x(num, std::vector<float>(step.w.size(), kUntouched));
+  std::vector<PointOut> points(num);
+  for (size_t k = 0; k < num; ++k) points[k].f32 = x[k];
+  const bool perturbed = step.params.mode != SmoothingMode::kNone;
+  r.status = backend.Merge(step.params, in, r.w, r.v,
+                           perturbed ? std::span<const PointOut>(points)
+                                     : std::span<const PointOut>(),
+                           &r.stats);
+  if (perturbed && r.status.ok()) {
+    for (size_t k = 0; k < num; ++k) {
+      for (size_t j = 0; j < step.w.size(); ++j) r.deltas[k][j] = x[k][j] - r.w[j];
+    }
+  }
   return r;
 }
 

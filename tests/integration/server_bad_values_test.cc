@@ -99,8 +99,8 @@ TEST(ServerBadValuesTest, FltMaxGradientsDivergeAndNoCheckpointHoldsANonFiniteVa
     absl::StatusOr<ShardState> state =
         CheckpointStore::ReadFile(e.path().string(), 0, 1, o.ConfigHash());
     ASSERT_TRUE(state.ok()) << state.status();
-    EXPECT_EQ(FindNonFinite(state->w), -1) << e.path();
-    EXPECT_EQ(FindNonFinite(state->v), -1) << e.path();
+    EXPECT_EQ(FindNonFinite(*state->w), -1) << e.path();
+    EXPECT_EQ(FindNonFinite(*state->v), -1) << e.path();
     ++files;
   }
   EXPECT_GE(files, 1);

@@ -30,12 +30,14 @@ ShardState MakeState(int64_t step, int64_t generation = 0, int64_t d = 1000) {
   s.config_hash = 0x1234;
   s.layout_hash = 0x5678;
   s.model_elements = 2 * d;
-  s.w.resize(d);
-  s.v.resize(d);
+  auto w = std::make_shared<Floats>(d);
+  auto v = std::make_shared<Floats>(d);
   for (int64_t i = 0; i < d; ++i) {
-    s.w[i] = 0.001f * static_cast<float>(i) + static_cast<float>(step);
-    s.v[i] = -0.5f * static_cast<float>(i);
+    (*w)[i] = 0.001f * static_cast<float>(i) + static_cast<float>(step);
+    (*v)[i] = -0.5f * static_cast<float>(i);
   }
+  s.w = std::move(w);
+  s.v = std::move(v);
   s.noise = NoiseEma{1.5, 2.5, 0.75};
   return s;
 }
@@ -43,9 +45,7 @@ ShardState MakeState(int64_t step, int64_t generation = 0, int64_t d = 1000) {
 bool SameState(const ShardState& a, const ShardState& b) {
   return a.job == b.job && a.step == b.step && a.config_hash == b.config_hash &&
          a.layout_hash == b.layout_hash && a.model_elements == b.model_elements &&
-         a.w.size() == b.w.size() &&
-         std::memcmp(a.w.data(), b.w.data(), a.w.size() * 4) == 0 &&
-         std::memcmp(a.v.data(), b.v.data(), a.v.size() * 4) == 0 && a.noise.g2 == b.noise.g2 &&
+         *a.w == *b.w && *a.v == *b.v && a.noise.g2 == b.noise.g2 &&
          a.noise.trace == b.noise.trace && a.noise.weight == b.noise.weight;
 }
 

@@ -8,6 +8,7 @@
 #include <map>
 #include <vector>
 
+#include "common/bf16.h"
 #include "gtest/gtest.h"
 #include "tests/unit/reference_gnc.h"
 #include "tests/unit/shard_harness.h"
@@ -107,13 +108,14 @@ TEST(ShardCoreTest, EveryRefusalLeavesStateBitIdentical) {
                    int64_t samples = 4) {
     static std::vector<float> keep;
     keep = std::move(v);
+    const Payload payload = testing::FloatPayload(keep);
     GradientChunk c;
     c.rank = rank;
     c.session = h.session(rank);
     c.step = step;
     c.num_samples = samples;
     c.offset = off;
-    c.values = keep;
+    c.payload = &payload;
     c.last = last;
     return h.core().PushGradient(c);
   };
@@ -173,7 +175,8 @@ TEST(ShardCoreTest, EveryRefusalLeavesStateBitIdentical) {
          c.session = 12345;
          c.step = 1;
          c.num_samples = 1;
-         c.values = good;
+         static const Payload payload = testing::FloatPayload(good);
+         c.payload = &payload;
          c.last = true;
          return h.core().PushGradient(c);
        }},
@@ -295,7 +298,7 @@ TEST(ShardCoreTest, NewStreamSupersedesOldAndLeaveFinishesJob) {
   const uint64_t old = h.session(1);
   absl::StatusOr<uint64_t> fresh = h.core().OpenStream(1);
   ASSERT_TRUE(fresh.ok());
-  EXPECT_EQ(h.core().WaitForPoint(1, old, PointTag(), absl::Milliseconds(1)).status().code(),
+  EXPECT_EQ(h.core().NextPoint(1, old, PointTag()).status().code(),
             absl::StatusCode::kCancelled);
   h.core().CloseStream(1, old);  // the old stream's close must not disconnect the new one
   EXPECT_EQ(h.core().GetStatus().connected, 3);
@@ -306,13 +309,79 @@ TEST(ShardCoreTest, NewStreamSupersedesOldAndLeaveFinishesJob) {
   EXPECT_EQ(h.core().Join(h.Args(0)).status().code(), absl::StatusCode::kUnavailable);
 }
 
-TEST(ShardCoreTest, EvalPointOfAnOldStepIsAborted) {
-  Harness h(ThreeWorkers(SmoothingMode::kNone), 4);
+// Waiter: counts the core's notices.
+class Waiter : public PointWaiter {
+ public:
+  void OnPointReady() override { ++told; }
+  int told = 0;
+};
+
+TEST(ShardCoreTest, APointIsDueOncePerStepAndWaitersAreToldWhenItIs) {
+  Harness h(ThreeWorkers(SmoothingMode::kGnc), 4);
   h.JoinAll({0, 0, 0, 0});
-  for (int r = 0; r < 3; ++r) ASSERT_TRUE(h.Push(r, 0, 1, {1, 1, 1, 1}).ok());
-  absl::Status s = h.core().ReadEvalPoint(
-      0, PointTag{JobIdentity{kJob, 0}, 0}, 0, 4, [](std::span<const float>, std::span<const float>) { return absl::OkStatus(); });
-  EXPECT_EQ(s.code(), absl::StatusCode::kAborted);
+  auto waiter = std::make_shared<Waiter>();
+  absl::StatusOr<std::shared_ptr<const Publication>> first =
+      h.core().NextPoint(0, h.session(0), PointTag(), waiter);
+  ASSERT_TRUE(first.ok() && *first != nullptr);
+  EXPECT_EQ((*first)->tag().step, 0);
+  // Sent already: nothing is due until the step completes; the waiter is told then.
+  absl::StatusOr<std::shared_ptr<const Publication>> again =
+      h.core().NextPoint(0, h.session(0), (*first)->tag(), waiter);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, nullptr);
+  for (int r = 0; r < 2; ++r) ASSERT_TRUE(h.Push(r, 0, 1, {1, 2, 3, 4}).ok());
+  EXPECT_EQ(waiter->told, 0);
+  ASSERT_TRUE(h.Push(2, 0, 1, {4, 3, 2, 1}).ok());
+  EXPECT_EQ(waiter->told, 1);
+  absl::StatusOr<std::shared_ptr<const Publication>> next =
+      h.core().NextPoint(0, h.session(0), (*first)->tag(), waiter);
+  ASSERT_TRUE(next.ok() && *next != nullptr);
+  EXPECT_EQ((*next)->tag().step, 1);
+  // The step-0 publication is unchanged: immutable once published.
+  EXPECT_EQ((*first)->tag().step, 0);
+  EXPECT_FALSE((*first)->Perturbed(0));
+  EXPECT_TRUE((*next)->Perturbed(0));
+  // A superseded stream's waiter is told too (its next NextPoint is CANCELLED).
+  auto old_waiter = std::make_shared<Waiter>();
+  ASSERT_TRUE(h.core().NextPoint(1, h.session(1), (*next)->tag(), old_waiter)->get() == nullptr);
+  const uint64_t old = h.session(1);
+  h.Reconnect(1);
+  EXPECT_EQ(old_waiter->told, 1);
+  EXPECT_EQ(h.core().NextPoint(1, old, (*next)->tag()).status().code(),
+            absl::StatusCode::kCancelled);
+}
+
+TEST(ShardCoreTest, Bf16StreamsGetTheirPointRoundedToNearestEven) {
+  Harness h(ThreeWorkers(SmoothingMode::kGnc), 5);
+  h.JoinAll({0.1f, 0.2f, 0.3f, 0.4f, 0.5f});
+  absl::StatusOr<uint64_t> bf16 = h.core().OpenStream(2, WireDType::kBfloat16);
+  ASSERT_TRUE(bf16.ok());
+  for (int r = 0; r < 2; ++r) ASSERT_TRUE(h.Push(r, 0, 1, {1, 2, 3, 4, 5}).ok());
+  // Rank 2's new stream pushes with its own session.
+  const std::vector<float> g2 = {0.5f, 0.25f, 0.125f, 1, 3};
+  const Payload payload = testing::FloatPayload(g2);
+  GradientChunk c;
+  c.rank = 2;
+  c.session = *bf16;
+  c.num_samples = 1;
+  c.payload = &payload;
+  c.last = true;
+  ASSERT_TRUE(h.core().PushGradient(c).ok());
+  std::shared_ptr<const Publication> pub = h.core().Current();
+  ASSERT_EQ(pub->tag().step, 1);
+  const std::vector<float> x2 = h.EvalPoint(2, 1);  // float32 view of the same point
+  const PointBytes b = pub->For(2, WireDType::kBfloat16);
+  ASSERT_EQ(b.bytes.size(), 5 * sizeof(uint16_t));
+  for (int i = 0; i < 5; ++i) {
+    uint16_t h16;
+    std::memcpy(&h16, b.bytes.data() + 2 * i, 2);
+    EXPECT_EQ(h16, FloatToBf16(x2[i])) << i;
+  }
+  // w itself in bf16 for a worker that gets it unperturbed.
+  const PointBytes wb = pub->For(-1, WireDType::kBfloat16);
+  uint16_t w0;
+  std::memcpy(&w0, wb.bytes.data(), 2);
+  EXPECT_EQ(w0, FloatToBf16((*pub->w())[0]));
 }
 
 }  // namespace

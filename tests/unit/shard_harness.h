@@ -14,6 +14,14 @@ namespace gnc::testing {
 
 constexpr uint64_t kJob = 0x600d;
 
+// FloatPayload: float32 values as a one-piece payload (the bytes of `v`).
+inline Payload FloatPayload(std::span<const float> v) {
+  Payload p;
+  p.pieces.emplace_back(reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(float));
+  p.size = v.size() * sizeof(float);
+  return p;
+}
+
 inline ModelLayout Layout(int64_t n) {
   return *ModelLayout::Create({TensorSpec{"a", {n - 1}}, TensorSpec{"b", {1}}});
 }
@@ -70,10 +78,11 @@ class Harness {
   int64_t Step() const { return core_.GetStatus().job.step; }
 
   absl::Status Snapshot(std::vector<float>* w, int64_t* step) const {
-    PointTag tag;
-    absl::Status s = core_.Snapshot(w, &tag);
-    *step = tag.step;
-    return s;
+    std::shared_ptr<const Publication> pub = core_.Current();
+    if (pub == nullptr) return absl::FailedPreconditionError("not initialised");
+    *w = *pub->w();
+    *step = pub->tag().step;
+    return absl::OkStatus();
   }
 
   // Push: the whole gradient in chunks of `chunk` elements.
@@ -89,7 +98,8 @@ class Harness {
       c.step = step;
       c.num_samples = samples;
       c.offset = off;
-      c.values = std::span<const float>(g.data() + off, len);
+      const Payload payload = FloatPayload(std::span<const float>(g.data() + off, len));
+      c.payload = &payload;
       c.last = off + len == static_cast<int64_t>(g.size());
       out = core_.PushGradient(c);
       if (!out.ok()) return out;
@@ -97,14 +107,16 @@ class Harness {
     return out;
   }
 
+  // EvalPoint: rank's point of `step` as the current publication carries it.
   std::vector<float> EvalPoint(int rank, int64_t step) {
     std::vector<float> x(n_);
-    absl::Status s = core_.ReadEvalPoint(
-        rank, PointTag{core_.GetStatus().job.job, step}, 0, n_, [&](std::span<const float> w, std::span<const float> d) {
-          for (int64_t i = 0; i < n_; ++i) x[i] = w[i] + (d.empty() ? 0.0f : d[i]);
-          return absl::OkStatus();
-        });
-    EXPECT_TRUE(s.ok()) << s;
+    std::shared_ptr<const Publication> pub = core_.Current();
+    EXPECT_NE(pub, nullptr);
+    if (pub == nullptr) return x;
+    EXPECT_EQ(pub->tag().step, step);
+    const PointBytes bytes = pub->For(rank, WireDType::kFloat32);
+    EXPECT_EQ(bytes.bytes.size(), x.size() * sizeof(float));
+    std::memcpy(x.data(), bytes.bytes.data(), std::min(bytes.bytes.size(), x.size() * 4));
     return x;
   }
 

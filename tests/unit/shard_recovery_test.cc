@@ -79,8 +79,8 @@ TEST(ShardRecoveryTest, DivergedStepIsNotAppliedAndTheShardRefusesTraining) {
   EXPECT_TRUE(st.job.diverged);
   EXPECT_EQ(st.job.step, 1);
   std::vector<float> w;
-  PointTag tag;
-  ASSERT_TRUE(h.core().Snapshot(&w, &tag).ok());
+  int64_t at = 0;
+  ASSERT_TRUE(h.Snapshot(&w, &at).ok());
   EXPECT_EQ(FindNonFinite(w), -1);
   EXPECT_TRUE(BitIdentical(std::vector<float>(before.begin() + 1, before.begin() + 1 + n), w));
 
@@ -90,9 +90,7 @@ TEST(ShardRecoveryTest, DivergedStepIsNotAppliedAndTheShardRefusesTraining) {
   EXPECT_NE(push.status().message().find("diverged at step 1"), std::string::npos)
       << push.status();
   EXPECT_EQ(h.core().OpenStream(1).status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(h.core().WaitForPoint(2, h.session(2), PointTag(), absl::Milliseconds(1))
-                .status()
-                .code(),
+  EXPECT_EQ(h.core().NextPoint(2, h.session(2), PointTag()).status().code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(h.core().Rewind(kJob, 1, 5).status().code(), absl::StatusCode::kFailedPrecondition);
 
@@ -103,8 +101,8 @@ TEST(ShardRecoveryTest, DivergedStepIsNotAppliedAndTheShardRefusesTraining) {
     absl::StatusOr<ShardState> s = store->Load(c);
     ASSERT_TRUE(s.ok());
     EXPECT_LE(s->step, 1);
-    EXPECT_EQ(FindNonFinite(s->w), -1) << c.path;
-    EXPECT_EQ(FindNonFinite(s->v), -1) << c.path;
+    EXPECT_EQ(FindNonFinite(*s->w), -1) << c.path;
+    EXPECT_EQ(FindNonFinite(*s->v), -1) << c.path;
   }
 }
 
@@ -152,15 +150,15 @@ TEST(ShardRecoveryTest, RestartedWorkerKeepsItsAcceptedGradientAndGetsTheNextSte
   ASSERT_TRUE(h.Push(0, 0, 2, Grad(0, 0, n)).ok());
   // Rank 0 dies right after its push and comes back while ranks 1 and 2 are slow.
   h.Reconnect(0);
-  EXPECT_EQ(h.core().WaitForPoint(0, h.session(0), PointTag(), absl::Milliseconds(1))
-                .status()
-                .code(),
-            absl::StatusCode::kDeadlineExceeded);
+  absl::StatusOr<std::shared_ptr<const Publication>> none =
+      h.core().NextPoint(0, h.session(0), PointTag());
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, nullptr);  // its gradient is in: no point is due before the step ends
   for (int r = 1; r < 3; ++r) ASSERT_TRUE(h.Push(r, 0, 2, Grad(r, 0, n)).ok());
-  absl::StatusOr<PointTag> next =
-      h.core().WaitForPoint(0, h.session(0), PointTag(), absl::Milliseconds(1));
-  ASSERT_TRUE(next.ok()) << next.status();
-  EXPECT_EQ(next->step, 1);
+  absl::StatusOr<std::shared_ptr<const Publication>> next =
+      h.core().NextPoint(0, h.session(0), PointTag());
+  ASSERT_TRUE(next.ok() && *next != nullptr) << next.status();
+  EXPECT_EQ((*next)->tag().step, 1);
   Step(clean, 0, n);
   EXPECT_TRUE(BitIdentical(h.State(), clean.State()));
 }
@@ -206,7 +204,8 @@ TEST(ShardRecoveryTest, RewindGoesBackExactlyAndIsIdempotentByGeneration) {
   old.step = 2;
   old.num_samples = 2;
   const std::vector<float> g = Grad(0, 2, n);
-  old.values = g;
+  const Payload payload = testing::FloatPayload(g);
+  old.payload = &payload;
   old.last = true;
   EXPECT_EQ(h.core().PushGradient(old).status().code(), absl::StatusCode::kAborted);
   Step(h, 2, n);
