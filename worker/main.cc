@@ -60,6 +60,9 @@ ABSL_FLAG(int64_t, test_limit, 0, "Use only the first N test images (0 = all)");
 ABSL_FLAG(absl::Duration, step_timeout, absl::Minutes(10),
           "Exit 1, naming the missing shards or ranks, when the job makes no progress "
           "for this long");
+ABSL_FLAG(std::string, wire_dtype, "float32",
+          "Encoding of gradients sent and points received: float32 or bfloat16 (half the "
+          "bytes; the shards keep float32 state)");
 ABSL_FLAG(absl::Duration, reconnect_timeout, absl::Minutes(2),
           "How long to keep reconnecting to a shard whose stream failed (a restarting "
           "shard) before giving up");
@@ -85,6 +88,7 @@ struct WorkerConfig {
   uint64_t config_hash = 0;
   int64_t train_limit = 0;
   int64_t test_limit = 0;
+  WireDType wire_dtype = WireDType::kFloat32;
 };
 
 absl::Status CheckServers(const std::vector<std::string>& servers) {
@@ -155,6 +159,15 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
     return absl::InvalidArgumentError("--step_timeout and --reconnect_timeout must be positive");
   }
   t.save_params = absl::GetFlag(FLAGS_save_params);
+  const std::string dtype = absl::GetFlag(FLAGS_wire_dtype);
+  if (dtype == "float32") {
+    c.wire_dtype = WireDType::kFloat32;
+  } else if (dtype == "bfloat16") {
+    c.wire_dtype = WireDType::kBfloat16;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--wire_dtype: unknown encoding '", dtype, "' (float32, bfloat16)"));
+  }
   c.train_limit = absl::GetFlag(FLAGS_train_limit);
   c.test_limit = absl::GetFlag(FLAGS_test_limit);
   if (c.train_limit < 0 || c.test_limit < 0) {
@@ -318,6 +331,7 @@ int Run(const WorkerConfig& config) {
   co.connect_timeout = absl::GetFlag(FLAGS_connect_timeout);
   co.step_timeout = absl::GetFlag(FLAGS_step_timeout);
   co.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout);
+  co.wire_dtype = config.wire_dtype;
   absl::StatusOr<std::unique_ptr<GncClient>> client = GncClient::Connect(co);
   if (!client.ok()) {
     LogError("gnc-worker: connect to ", absl::StrJoin(config.servers, ","), ": ",
