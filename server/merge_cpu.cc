@@ -173,9 +173,8 @@ GNC_CLONES float IsotropicBlock(uint64_t key, int64_t global_offset, float sigma
   if (out == nullptr) {
 #pragma omp simd reduction(+ : s)
     for (size_t i = 0; i < pairs; ++i) {
-      float z0, z1;
-      NormalPair(key, first_pair + static_cast<int64_t>(i), &z0, &z1);
-      const float d0 = (sigma * z0) * scale, d1 = (sigma * z1) * scale;
+      const NormalPair z = NormalPairOf(key, first_pair + static_cast<int64_t>(i));
+      const float d0 = (sigma * z.z0) * scale, d1 = (sigma * z.z1) * scale;
       s += d0 * d0 + d1 * d1;
     }
   } else if (out->f32 != nullptr) {
@@ -183,9 +182,8 @@ GNC_CLONES float IsotropicBlock(uint64_t key, int64_t global_offset, float sigma
     const float* wj = w + j;
 #pragma omp simd reduction(+ : s)
     for (size_t i = 0; i < pairs; ++i) {
-      float z0, z1;
-      NormalPair(key, first_pair + static_cast<int64_t>(i), &z0, &z1);
-      const float d0 = (sigma * z0) * scale, d1 = (sigma * z1) * scale;
+      const NormalPair z = NormalPairOf(key, first_pair + static_cast<int64_t>(i));
+      const float d0 = (sigma * z.z0) * scale, d1 = (sigma * z.z1) * scale;
       s += d0 * d0 + d1 * d1;
       x[2 * i] = wj[2 * i] + d0;
       x[2 * i + 1] = wj[2 * i + 1] + d1;
@@ -195,9 +193,8 @@ GNC_CLONES float IsotropicBlock(uint64_t key, int64_t global_offset, float sigma
     const float* wj = w + j;
 #pragma omp simd reduction(+ : s)
     for (size_t i = 0; i < pairs; ++i) {
-      float z0, z1;
-      NormalPair(key, first_pair + static_cast<int64_t>(i), &z0, &z1);
-      const float d0 = (sigma * z0) * scale, d1 = (sigma * z1) * scale;
+      const NormalPair z = NormalPairOf(key, first_pair + static_cast<int64_t>(i));
+      const float d0 = (sigma * z.z0) * scale, d1 = (sigma * z.z1) * scale;
       s += d0 * d0 + d1 * d1;
       x[2 * i] = FloatToBf16(wj[2 * i] + d0);
       x[2 * i + 1] = FloatToBf16(wj[2 * i + 1] + d1);

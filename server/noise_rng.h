@@ -10,9 +10,9 @@
 #ifndef GNC_SERVER_NOISE_RNG_H_
 #define GNC_SERVER_NOISE_RNG_H_
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #if defined(__CUDACC__)
 #define GNC_HOST_DEVICE __host__ __device__ __forceinline__
@@ -55,18 +55,14 @@ GNC_HOST_DEVICE float BitsToFloat(uint32_t u) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(u);
 #else
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
+  return __builtin_bit_cast(float, u);  // std::bit_cast; the CUDA build is C++17
 #endif
 }
 GNC_HOST_DEVICE uint32_t FloatToBits(float f) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(f);
 #else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return u;
+  return __builtin_bit_cast(uint32_t, f);
 #endif
 }
 
@@ -101,9 +97,14 @@ GNC_HOST_DEVICE float LogUnit(float u) {
   return Fma(static_cast<float>(e), 0.693147182f, Fma(t2, q, t));
 }
 
+// SinCos: a sine and a cosine (returned by value: the host loop then vectorises).
+struct SinCos {
+  float s, c;
+};
+
 // SinCosTurn: sin and cos of 2 pi u for u in [0, 1): the quadrant from 4u, then
 // polynomials of the angle a in [-pi/4, pi/4) around the quadrant's middle.
-GNC_HOST_DEVICE void SinCosTurn(float u, float* s, float* c) {
+GNC_HOST_DEVICE SinCos SinCosTurn(float u) {
   const float four_u = Mul(u, 4.0f);                            // exact
   const int quadrant = static_cast<int>(four_u);                // 0..3
   const float f = Add(four_u, -static_cast<float>(quadrant));  // exact, in [0, 1)
@@ -126,20 +127,25 @@ GNC_HOST_DEVICE void SinCosTurn(float u, float* s, float* c) {
   const bool odd = quadrant & 1, neg = quadrant & 2;
   const float cq = odd ? -sb : cb;
   const float sq = odd ? cb : sb;
-  *c = neg ? -cq : cq;
-  *s = neg ? -sq : sq;
+  return SinCos{neg ? -sq : sq, neg ? -cq : cq};
 }
 
+// Uniforms: u1 in (0, 1] and u2 in [0, 1).
+struct Uniforms {
+  float u1, u2;
+};
+
 // PairUniforms: the two 24-bit uniforms of pair `pair` of stream `key`, from 32-bit
-// hashes of the key and the pair index: u1 in (0, 1], u2 in [0, 1), both exact floats.
-GNC_HOST_DEVICE void PairUniforms(uint64_t key, int64_t pair, float* u1, float* u2) {
+// hashes of the key and the pair index; both are exact floats.
+GNC_HOST_DEVICE Uniforms PairUniforms(uint64_t key, int64_t pair) {
   const uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
   const uint32_t h = Mix32(Mix32(static_cast<uint32_t>(pair) ^ k0) ^
                            static_cast<uint32_t>(static_cast<uint64_t>(pair) >> 32) ^ k1);
   const uint32_t a = Mix32(h ^ 0x85ebca6bu);
   const uint32_t b = Mix32(h ^ 0xc2b2ae35u);
-  *u1 = Mul(static_cast<float>((a >> 8) + 1u), 5.96046448e-8f);
-  *u2 = Mul(static_cast<float>(b >> 8), 5.96046448e-8f);
+  // 24-bit integers convert exactly (through int32: vectorisable without AVX-512).
+  return Uniforms{Mul(static_cast<float>(static_cast<int32_t>((a >> 8) + 1u)), 5.96046448e-8f),
+                  Mul(static_cast<float>(static_cast<int32_t>(b >> 8)), 5.96046448e-8f)};
 }
 
 }  // namespace noise_internal
@@ -158,25 +164,26 @@ GNC_HOST_DEVICE uint64_t NoiseKey(uint64_t seed, int64_t step, int32_t worker) {
                                static_cast<uint64_t>(static_cast<uint32_t>(worker))));
 }
 
-// NormalPair: the two standard normal draws of pair `pair` of stream `key` (Box-Muller
-// on two 24-bit uniforms from 32-bit hashes of the key and the pair index).
-GNC_HOST_DEVICE void NormalPair(uint64_t key, int64_t pair, float* z0, float* z1) {
+// NormalPairOf: the two standard normal draws of pair `pair` of stream `key`
+// (Box-Muller on the pair's two uniforms).
+// NormalPair: z0 = r cos(theta), z1 = r sin(theta).
+struct NormalPair {
+  float z0, z1;
+};
+
+GNC_HOST_DEVICE NormalPair NormalPairOf(uint64_t key, int64_t pair) {
   using namespace noise_internal;
-  float u1, u2;
-  PairUniforms(key, pair, &u1, &u2);
-  const float r = Sqrt(Mul(-2.0f, LogUnit(u1)));
-  float s, c;
-  SinCosTurn(u2, &s, &c);
-  *z0 = Mul(r, c);
-  *z1 = Mul(r, s);
+  const Uniforms u = PairUniforms(key, pair);
+  const float r = Sqrt(Mul(-2.0f, LogUnit(u.u1)));
+  const SinCos t = SinCosTurn(u.u2);
+  return NormalPair{Mul(r, t.c), Mul(r, t.s)};
 }
 
 // StandardNormal: element `index` (global parameter index) of stream `key`.
 // Elements 2i and 2i+1 share pair i: even index -> r cos(theta), odd -> r sin(theta).
 GNC_HOST_DEVICE float StandardNormal(uint64_t key, int64_t index) {
-  float z0, z1;
-  NormalPair(key, index >> 1, &z0, &z1);
-  return (index & 1) ? z1 : z0;
+  const NormalPair z = NormalPairOf(key, index >> 1);
+  return (index & 1) ? z.z1 : z.z0;
 }
 
 }  // namespace gnc

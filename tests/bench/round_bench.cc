@@ -1,9 +1,12 @@
 // round_bench: K scripted clients against S real gnc-server processes on loopback.
 // One round = every worker receives its N-float evaluation point and pushes an
 // N-float gradient. Prints the median round time and payload GB/s, next to a raw TCP
-// loopback transfer of the same bytes measured in the same run (the yardstick).
+// loopback transfer of the same bytes measured in the same run (the yardstick), and
+// the shards' peak resident memory.
 //   round_bench [--servers=S] [--workers=K] [--mfloats=N in Mi] [--rounds=R]
-//               [--mode=none|gnc|isotropic]
+//               [--mode=none|gnc|isotropic] [--wire_dtype=float32|bfloat16]
+//               [--merge_threads=T] [--no_tcp]
+// The last line is machine-readable: "round_ms=... shard_rss_mib=...".
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -91,6 +94,19 @@ double TcpLoopbackSeconds(size_t bytes) {
   return std::chrono::duration<double>(t1 - t0).count();
 }
 
+// PeakRssMib: the peak resident set (VmHWM) of a live process, in MiB (0 if unknown).
+double PeakRssMib(pid_t pid) {
+  FILE* f = std::fopen(absl::StrCat("/proc/", pid, "/status").c_str(), "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  double kib = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::sscanf(line, "VmHWM: %lf kB", &kib) == 1) break;
+  }
+  std::fclose(f);
+  return kib / 1024;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -99,6 +115,16 @@ int main(int argc, char** argv) {
   const int64_t n = static_cast<int64_t>(IntFlag(argc, argv, "mfloats", 4)) << 20;
   const int rounds = IntFlag(argc, argv, "rounds", 10);
   const std::string mode = StringFlag(argc, argv, "mode", "none");
+  const std::string dtype_name = StringFlag(argc, argv, "wire_dtype", "float32");
+  const int merge_threads = IntFlag(argc, argv, "merge_threads", 0);
+  bool tcp_yardstick = true;
+  for (int i = 1; i < argc; ++i) tcp_yardstick &= std::strcmp(argv[i], "--no_tcp") != 0;
+  if (dtype_name != "float32" && dtype_name != "bfloat16") {
+    std::fprintf(stderr, "round_bench: --wire_dtype must be float32 or bfloat16\n");
+    return 2;
+  }
+  const gnc::WireDType dtype =
+      dtype_name == "bfloat16" ? gnc::WireDType::kBfloat16 : gnc::WireDType::kFloat32;
 
   std::vector<std::unique_ptr<gnc::testing::ServerProcess>> servers;
   std::vector<std::string> addresses;
@@ -106,7 +132,8 @@ int main(int argc, char** argv) {
     auto p = gnc::testing::ServerProcess::Start(
         GNC_SERVER_BINARY,
         {absl::StrCat("--shard_index=", s), absl::StrCat("--num_shards=", num_shards),
-         absl::StrCat("--num_workers=", num_workers), "--mode=" + mode, "--lr=1e-6"});
+         absl::StrCat("--num_workers=", num_workers), "--mode=" + mode, "--lr=1e-6",
+         absl::StrCat("--merge_threads=", merge_threads), "--exit_when_done=false"});
     if (!p.ok()) {
       std::fprintf(stderr, "round_bench: %s\n", p.status().ToString().c_str());
       return 1;
@@ -126,6 +153,7 @@ int main(int argc, char** argv) {
       o.num_workers = num_workers;
       o.layout = layout;
       o.local_batch_size = 64;
+      o.wire_dtype = dtype;
       auto client = gnc::GncClient::Connect(o);
       if (!client.ok()) {
         std::fprintf(stderr, "rank %d: %s\n", k, client.status().ToString().c_str());
@@ -154,15 +182,21 @@ int main(int argc, char** argv) {
   std::vector<double> all;
   for (auto& v : round_times) all.insert(all.end(), v.begin(), v.end());
   const double round = Median(all);
-  const double payload = 2.0 * num_workers * n * sizeof(float);  // push + receive
-  std::vector<double> tcp;
-  for (int i = 0; i < 3; ++i) tcp.push_back(TcpLoopbackSeconds(static_cast<size_t>(payload)));
-  const double tcp_bw = payload / Median(tcp) / 1e9;
+  double rss_mib = 0;  // the largest shard's peak resident set
+  for (auto& s : servers) rss_mib = std::max(rss_mib, PeakRssMib(s->pid()));
+  const double element = dtype == gnc::WireDType::kBfloat16 ? 2.0 : 4.0;
+  const double payload = 2.0 * num_workers * n * element;  // push + receive
   const double bw = payload / round / 1e9;
-  std::printf("round_bench: S=%d K=%d N=%lld floats mode=%s rounds=%d\n", num_shards,
-              num_workers, static_cast<long long>(n), mode.c_str(), rounds);
-  std::printf("median round %.1f ms, payload %.2f GB/s; TCP loopback (same bytes, one "
-              "stream) %.2f GB/s; ratio %.0f%%\n",
-              round * 1e3, bw, tcp_bw, 100.0 * bw / tcp_bw);
+  std::printf("round_bench: S=%d K=%d N=%lld floats mode=%s wire=%s rounds=%d\n", num_shards,
+              num_workers, static_cast<long long>(n), mode.c_str(), dtype_name.c_str(), rounds);
+  if (tcp_yardstick) {
+    std::vector<double> tcp;
+    for (int i = 0; i < 3; ++i) tcp.push_back(TcpLoopbackSeconds(static_cast<size_t>(payload)));
+    const double tcp_bw = payload / Median(tcp) / 1e9;
+    std::printf("median round %.1f ms, payload %.2f GB/s; TCP loopback (same bytes, one "
+                "stream) %.2f GB/s; ratio %.0f%%\n",
+                round * 1e3, bw, tcp_bw, 100.0 * bw / tcp_bw);
+  }
+  std::printf("round_ms=%.2f shard_rss_mib=%.0f\n", round * 1e3, rss_mib);
   return 0;
 }

@@ -305,9 +305,10 @@ TEST(NoiseRngTest, MatchesDoubleBoxMullerOfTheSameUniforms) {
   const uint64_t key = NoiseKey(3, 4, 5);
   double worst = 0;
   for (int64_t pair = 0; pair < 200000; ++pair) {
-    float u1, u2, z0, z1;
-    noise_internal::PairUniforms(key, pair, &u1, &u2);
-    NormalPair(key, pair, &z0, &z1);
+    const noise_internal::Uniforms u = noise_internal::PairUniforms(key, pair);
+    const float u1 = u.u1, u2 = u.u2;
+    const NormalPair z = NormalPairOf(key, pair);
+    const float z0 = z.z0, z1 = z.z1;
     const double r = std::sqrt(-2.0 * std::log(double{u1}));
     const double t = 2 * M_PI * double{u2};
     worst = std::max({worst, std::abs(z0 - r * std::cos(t)) / (1 + r),
