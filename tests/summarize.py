@@ -2,9 +2,10 @@
 """summarize.py JUNIT_XML: the counts of a CTest run (ctest --output-junit) and why
 each skipped test skipped, so that a skip is never mistaken for a pass.
 
-Prints "gnc tests: N total, P passed, F failed, S skipped" and one line per skipped
-test with its reason: the first "SKIP..." line of its output, or GoogleTest's
-message after "Skipped". Exit status 0 (the summary never changes the verdict).
+Prints "gnc tests: N total, P passed, F failed, S skipped", then each reason for a
+skip (the first "SKIP..." line of a test's output, or GoogleTest's message after
+"Skipped") with the tests it applies to, and the failed tests. Exit status 0 (the
+summary never changes the verdict).
 """
 import sys
 import xml.etree.ElementTree as ET
@@ -41,8 +42,16 @@ def main():
     total = len(passed) + len(failed) + len(skipped)
     print(f"gnc tests: {total} total, {len(passed)} passed, {len(failed)} failed, "
           f"{len(skipped)} skipped")
+    # Tests skipped for the same reason (a GPU suite without a GPU) make one entry.
+    by_reason = {}
     for name, reason in skipped:
-        print(f"  skipped {name}: {reason}")
+        by_reason.setdefault(reason, []).append(name.split("  # GetParam()")[0])
+    for reason, names in by_reason.items():
+        if len(names) == 1:
+            print(f"  skipped {names[0]}: {reason}")
+        else:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            print(f"  {len(names)} skipped: {reason}\n    {', '.join(names[:3])}{more}")
     for name in failed:
         print(f"  FAILED {name}")
     return 0
