@@ -104,22 +104,31 @@ check_inside() {
   want_quota=$(awk -v c="${cpu_of[$pod]}" 'BEGIN { printf "%d", c * 100000 }')
   # shellcheck disable=SC2016
   got=$(podman exec "$run-$pod" sh -c '
-    id -u; grep CapEff /proc/1/status | cut -f2
-    if touch /probe 2>/dev/null; then echo root-writable; else echo root-read-only; fi
+    id -u
+    for f in CapEff CapBnd NoNewPrivs Seccomp; do grep "^$f:" /proc/1/status | cut -f2; done
+    awk '"'"'$2 == "/" { split($4, o, ","); print "root-" o[1] }'"'"' /proc/mounts
     if touch /tmp/probe 2>/dev/null; then echo tmp-writable; else echo tmp-read-only; fi
-    cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us 2>/dev/null | head -n 1 ||
-      cut -d" " -f1 /sys/fs/cgroup/cpu.max
-    cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max' 2>&1) ||
+    if [ -r /sys/fs/cgroup/cpu.max ]; then  # cgroup v2, else v1
+      cut -d" " -f1 /sys/fs/cgroup/cpu.max; cat /sys/fs/cgroup/memory.max
+    else
+      cat /sys/fs/cgroup/cpu*/cpu.cfs_quota_us | head -n 1
+      cat /sys/fs/cgroup/memory/memory.limit_in_bytes
+    fi' 2>&1) ||
     fail "podman exec in $pod: $got"
-  want=$(printf '%s\n' 10001 0000000000000000 root-read-only tmp-writable "$want_quota" "$want_mem")
-  [[ $got == "$want" ]] || fail "inside $pod (uid, capabilities, /, /tmp, cpu quota, memory limit):
+  # uid; no capabilities, effective or obtainable (a non-root uid has none effective
+  # anyway, so the bounding set is what shows the drop); no new privileges; seccomp
+  # filter (RuntimeDefault); root mounted read-only; /tmp (the emptyDir) writable;
+  # the limits.
+  want=$(printf '%s\n' 10001 0000000000000000 0000000000000000 1 2 root-ro tmp-writable \
+    "$want_quota" "$want_mem")
+  [[ $got == "$want" ]] || fail "inside $pod (uid, CapEff, CapBnd, NoNewPrivs, Seccomp, /, /tmp, cpu quota, memory limit):
 $got
 want:
 $want"
-  echo "$pod: uid 10001, no capabilities, read-only root, /tmp writable, cpu quota $want_quota us/100 ms, memory limit $want_mem bytes"
+  echo "$pod: uid 10001, no capabilities, no new privileges, seccomp filter, read-only root," \
+    "/tmp writable, cpu quota $want_quota us/100 ms, memory limit $want_mem bytes"
 }
-sleep 2
-for pod in "${servers[0]}" "${workers[0]}"; do
+for pod in "${workers[0]}" "${servers[0]}"; do
   [[ $(state "$pod") == "running 0" ]] || fail "$pod is not running: $(state "$pod")"
   check_inside "$pod"
 done
