@@ -5,7 +5,8 @@
 #              prometheus-cpp, OpenBLAS, zlib, Fashion-MNIST
 #   --tests    also what the test suite uses: GoogleTest, Google Benchmark,
 #              Prometheus/promtool, Python 3, Node.js + npm (manifest validation),
-#              podman + runc + debootstrap (container images built and run)
+#              podman + runc + debootstrap (container images built and run),
+#              libtorch-dev (the libtorch example)
 set -euo pipefail
 
 packages=(
@@ -16,7 +17,7 @@ packages=(
 )
 if [[ "${1:-}" == "--tests" ]]; then
   packages+=(libgtest-dev libgmock-dev libbenchmark-dev prometheus python3 nodejs npm
-    podman runc debootstrap)
+    podman runc debootstrap libtorch-dev)
 fi
 
 missing=()
