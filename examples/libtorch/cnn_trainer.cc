@@ -82,22 +82,15 @@ void LoadFlat(std::span<const float> flat, Net& net) {
   }
 }
 
-// FlatGradient: the parameters' gradients, concatenated in the layout's order.
-void FlatGradient(Net& net, std::span<float> flat) {
+// Flatten: the parameters' values, or their gradients, concatenated in the layout's
+// order into `flat`.
+enum class Part { kValues, kGradients };
+void Flatten(Net& net, Part part, std::span<float> flat) {
   size_t offset = 0;
   for (auto& p : net->parameters()) {
-    const torch::Tensor g = p.grad().contiguous();
-    std::memcpy(flat.data() + offset, g.data_ptr<float>(), g.numel() * sizeof(float));
-    offset += static_cast<size_t>(g.numel());
-  }
-}
-
-void FlatParameters(Net& net, std::span<float> flat) {
-  size_t offset = 0;
-  for (auto& p : net->parameters()) {
-    const torch::Tensor v = p.detach().contiguous();
-    std::memcpy(flat.data() + offset, v.data_ptr<float>(), v.numel() * sizeof(float));
-    offset += static_cast<size_t>(v.numel());
+    const torch::Tensor t = (part == Part::kGradients ? p.grad() : p.detach()).contiguous();
+    std::memcpy(flat.data() + offset, t.data_ptr<float>(), t.numel() * sizeof(float));
+    offset += static_cast<size_t>(t.numel());
   }
 }
 
@@ -165,7 +158,7 @@ absl::Status Train() {
 
   const size_t n = static_cast<size_t>(layout->NumElements());
   std::vector<float> x(n), g(n);
-  FlatParameters(net, x);
+  Flatten(net, Part::kValues, x);
   if (absl::Status s = (*client)->OfferParameters(x); !s.ok()) return s;
   std::printf("worker %d/%d: %zu parameters in %zu tensors, %lld steps of batch %lld, mode %s\n",
               rank, num_workers, n, layout->tensors().size(), static_cast<long long>(total_steps),
@@ -194,7 +187,7 @@ absl::Status Train() {
     torch::Tensor loss = torch::nn::functional::cross_entropy(
         net->forward(images.index_select(0, idx)), labels.index_select(0, idx));
     loss.backward();
-    FlatGradient(net, g);
+    Flatten(net, Part::kGradients, g);
     absl::Status pushed = (*client)->PushGradient(g, batch);
     if (!pushed.ok() && !absl::IsAborted(pushed)) return pushed;  // ABORTED: late, carry on
     loss_sum += loss.item<double>();
