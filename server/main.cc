@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -15,11 +16,11 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/codec.h"
+#include "common/command_line.h"
 #include "common/log.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
@@ -239,7 +240,10 @@ absl::Status RunServer(const ShardOptions& options) {
 }  // namespace gnc
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("gnc-server: one shard of a gnc parameter-server job");
+  if (std::optional<int> done = gnc::HandleHelpAndVersion(
+          argc, argv, "gnc-server", "gnc-server: one shard of a gnc parameter-server job")) {
+    return *done;
+  }
   absl::ParseCommandLine(argc, argv);
   // Signals are taken synchronously by the main loop; block them before any thread
   // starts so that every thread inherits the mask.

@@ -12,8 +12,6 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
@@ -22,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/command_line.h"
 #include "common/log.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
@@ -355,16 +354,11 @@ int Run(const WorkerConfig& config) {
 }  // namespace gnc
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "gnc-worker: one worker of a gnc job, training the built-in MLP on Fashion-MNIST");
-  absl::FlagsUsageConfig usage;
-  // --help lists this file's flags (by default Abseil looks for a file named like
-  // the program).
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::EndsWith(file, "worker/main.cc");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
+  if (std::optional<int> done = gnc::HandleHelpAndVersion(
+          argc, argv, "gnc-worker",
+          "gnc-worker: one worker of a gnc job, training the built-in MLP on Fashion-MNIST")) {
+    return *done;
+  }
   if (absl::Status s = gnc::CheckArgv(argc, argv); !s.ok()) {
     gnc::LogError("invalid configuration: ", s.message());
     return 2;

@@ -4,7 +4,9 @@
 #   (default)  build + run: compiler, CMake, gRPC, Protocol Buffers, Abseil,
 #              prometheus-cpp, OpenBLAS, zlib, Fashion-MNIST
 #   --tests    also what the test suite uses: GoogleTest, Google Benchmark,
-#              Prometheus/promtool, Python 3, Node.js + npm (manifest validation)
+#              Prometheus/promtool, Python 3, Node.js + npm (manifest validation),
+#              podman + runc + debootstrap (container images built and run),
+#              libtorch-dev (the libtorch example)
 set -euo pipefail
 
 packages=(
@@ -14,7 +16,8 @@ packages=(
   dataset-fashion-mnist
 )
 if [[ "${1:-}" == "--tests" ]]; then
-  packages+=(libgtest-dev libgmock-dev libbenchmark-dev prometheus python3 nodejs npm)
+  packages+=(libgtest-dev libgmock-dev libbenchmark-dev prometheus python3 nodejs npm
+    podman runc debootstrap libtorch-dev)
 fi
 
 missing=()

@@ -11,8 +11,8 @@ import path from "node:path";
 
 import { aptPackages, copies, parseDockerfile, stageArgs } from "./lib/dockerfile.mjs";
 import {
-  containerEnv, durationSeconds, expand, find, flagValue, k8sRoot,
-  loadYamlAll, podTemplates, renderAll, renderWithComponent, repoRoot,
+  containerEnv, durationSeconds, expand, find, flagValue, k8sRoot, kPodIndexRef,
+  loadYamlAll, podTemplates, renderAll, renderWithComponent, replicaIdentities, repoRoot,
 } from "./lib/manifests.mjs";
 import { validateObject } from "./lib/schema.mjs";
 
@@ -32,7 +32,6 @@ const kPackageFiles = {
 };
 // Libraries the debian:12-slim base brings without any apt-get install.
 const kSlimBasePackages = new Set(["libc6", "libgcc-s1", "libstdc++6", "zlib1g"]);
-const kPodIndexRef = "metadata.labels['apps.kubernetes.io/pod-index']";
 
 const failures = [];
 const notes = [];
@@ -286,6 +285,17 @@ function checkRuntimePackages(doc, stage) {
 }
 
 function checkDockerfile() {
+  // The parser checks the syntax of stages no builder here reaches (the cuda target):
+  // it must refuse a misspelt instruction or flag, or that check proves nothing.
+  for (const bad of ["FROM a AS b\nCOPPY x y\n", "FROM a\nCOPY --form=b x y\n"]) {
+    let refused = false;
+    try {
+      parseDockerfile(bad);
+    } catch {
+      refused = true;
+    }
+    expect(refused, `the Dockerfile parser accepts ${JSON.stringify(bad)}`);
+  }
   const doc = parseDockerfile(fs.readFileSync(kDockerfile, "utf8"));
   const ignores = ignoreMatchers();
   const built = targets();
@@ -389,19 +399,6 @@ function localBinDir() {
   fs.symlinkSync(path.join(repoRoot, "deploy/docker/gnc-launch"), path.join(dir, "gnc-launch"));
   for (const [name, file] of Object.entries(targets())) fs.symlinkSync(file, path.join(dir, name));
   return dir;
-}
-
-// replicaIdentities: per pod of a workload, the env/fieldRefs that tell it apart.
-function replicaIdentities(owner) {
-  if (owner.kind === "StatefulSet") {
-    const n = owner.spec.replicas ?? 1;
-    return Array.from({ length: n }, (_, i) => ({ index: i, fieldRefs: { [kPodIndexRef]: String(i) }, env: {} }));
-  }
-  if (owner.kind === "Job" && owner.spec.completionMode === "Indexed") {
-    const n = owner.spec.completions ?? 1;
-    return Array.from({ length: n }, (_, i) => ({ index: i, fieldRefs: {}, env: { JOB_COMPLETION_INDEX: String(i) } }));
-  }
-  return [{ index: 0, fieldRefs: {}, env: {} }];
 }
 
 function runCheckConfig(binDir, argv, env) {

@@ -3,6 +3,17 @@
 // COPY/ADD flags and sources. Enough of the Dockerfile grammar for our Dockerfiles;
 // anything it does not understand is an error, not a silent pass.
 
+// Dockerfile instructions (BuildKit's frontend, dockerfile:1) and the flags each takes;
+// anything else is refused, since a builder only reports it when it reaches that stage.
+const kInstructionFlags = {
+  FROM: ["platform"], RUN: ["mount", "network", "security"],
+  COPY: ["from", "chmod", "chown", "link", "parents", "exclude"],
+  ADD: ["chmod", "chown", "checksum", "link", "keep-git-dir"],
+  ARG: [], ENV: [], LABEL: [], USER: [], WORKDIR: [], EXPOSE: [], ENTRYPOINT: [], CMD: [],
+  VOLUME: [], SHELL: [], STOPSIGNAL: [], HEALTHCHECK: ["interval", "timeout", "start-period", "start-interval", "retries"],
+  ONBUILD: [], MAINTAINER: [],
+};
+
 // parseDockerfile: text -> { args, stages: [{name, base, instructions}] }.
 // Every instruction is {keyword, flags, rest, args, json, line}.
 export function parseDockerfile(text) {
@@ -33,6 +44,10 @@ export function parseDockerfile(text) {
     const keyword = m[1].toUpperCase();
     const restAll = m[2].trim();
     const inst = { keyword, line, ...splitFlags(restAll) };
+    if (!(keyword in kInstructionFlags)) throw new Error(`line ${line}: unknown instruction ${m[1]}`);
+    for (const flag of Object.keys(inst.flags)) {
+      if (!kInstructionFlags[keyword].includes(flag)) throw new Error(`line ${line}: ${keyword} has no flag --${flag}`);
+    }
     if (inst.rest.startsWith("[")) {
       try {
         inst.json = JSON.parse(inst.rest);

@@ -111,6 +111,22 @@ export function podTemplates(objects) {
   return out;
 }
 
+// The downward-API field a StatefulSet pod reads its ordinal from (Kubernetes >= 1.28).
+export const kPodIndexRef = "metadata.labels['apps.kubernetes.io/pod-index']";
+
+// replicaIdentities: per pod of a workload, the env/fieldRefs that tell it apart.
+export function replicaIdentities(owner) {
+  if (owner.kind === "StatefulSet") {
+    const n = owner.spec.replicas ?? 1;
+    return Array.from({ length: n }, (_, i) => ({ index: i, fieldRefs: { [kPodIndexRef]: String(i) }, env: {} }));
+  }
+  if (owner.kind === "Job" && owner.spec.completionMode === "Indexed") {
+    const n = owner.spec.completions ?? 1;
+    return Array.from({ length: n }, (_, i) => ({ index: i, fieldRefs: {}, env: { JOB_COMPLETION_INDEX: String(i) } }));
+  }
+  return [{ index: 0, fieldRefs: {}, env: {} }];
+}
+
 // containerEnv: the environment Kubernetes gives `container` (envFrom first, then
 // env, later entries winning), with `fieldRefs` supplying downward-API values and
 // resourceFieldRef resolved from the container's own resources.
@@ -161,6 +177,14 @@ export function cpuCores(q) {
   const s = String(q);
   if (s.endsWith("m")) return Number(s.slice(0, -1)) / 1000;
   return Number(s);
+}
+
+// memoryBytes: a Kubernetes memory quantity ("512Mi", "1G", "1e3", "64Mi") in bytes.
+export function memoryBytes(q) {
+  const m = /^([0-9.]+(?:e[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(String(q));
+  if (!m) throw new Error(`not a memory quantity: '${q}'`);
+  const units = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, k: 1e3, M: 1e6, G: 1e9, T: 1e12 };
+  return Math.round(Number(m[1]) * (m[2] ? units[m[2]] : 1));
 }
 
 // flagValue: the value of --name=value in argv (the last one wins), or undefined.
