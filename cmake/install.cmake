@@ -4,7 +4,7 @@
 #   cmake --install build --prefix P   installs
 #     bin/gnc-server, bin/gnc-worker                 (components server, worker)
 #     lib/libgnc_client.so.<major.minor>             (component client)
-#     include/gnc/{worker/client.h, common/layout.h, common/version.h},
+#     include/gnc/{worker/client.h, common/layout.h, common/payload.h, common/version.h},
 #     lib/libgnc_client.so, lib/cmake/gnc/, lib/pkgconfig/gnc.pc   (component client_dev)
 #   cpack -G DEB (in a build with GNC_WITH_CUDA=OFF) makes gnc-server, gnc-worker,
 #     libgnc-client<major.minor> and libgnc-client-dev, with their Debian dependencies
@@ -16,7 +16,7 @@ set(_gnc_include_dir ${CMAKE_INSTALL_INCLUDEDIR}/gnc)
 
 # The public headers: the client's interface and what it includes, nothing else.
 install(FILES worker/client.h DESTINATION ${_gnc_include_dir}/worker COMPONENT client_dev)
-install(FILES common/layout.h ${PROJECT_BINARY_DIR}/gen/common/version.h
+install(FILES common/layout.h common/payload.h ${PROJECT_BINARY_DIR}/gen/common/version.h
   DESTINATION ${_gnc_include_dir}/common COMPONENT client_dev)
 
 install(TARGETS gnc_client_shared EXPORT gncTargets
