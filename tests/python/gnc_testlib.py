@@ -1,0 +1,160 @@
+"""What the Python client tests share: the command line, the skip rule, real
+gnc-server processes on 127.0.0.1 and bounded waits.
+
+Every test program takes --server (the gnc-server binary) and --pythonpath (the
+build tree's package root) before unittest's own arguments, and exits with SKIP (77)
+and the reason when a Python module it needs is missing. Import numpy-using helpers
+(bf16_reference) only after setup().
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from pathlib import Path
+from typing import Callable, Optional, Sequence, TypeVar
+
+SKIP = 77
+_T = TypeVar("_T")
+
+
+def setup(modules: Sequence[str], extra: Callable[[argparse.ArgumentParser], None] = None,
+          tools: Sequence[str] = ()) -> tuple[argparse.Namespace, list[str]]:
+    """Parses the shared flags (plus those `extra` adds), puts the package on sys.path
+    and exits with SKIP when one of `modules` cannot be imported or one of `tools`
+    (modules run in a subprocess, such as pip) is not installed. Returns the flags and
+    the arguments left for unittest."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", help="gnc-server binary")
+    parser.add_argument("--pythonpath", help="root of the gnc package (build tree)")
+    if extra is not None:
+        extra(parser)
+    args, rest = parser.parse_known_args()
+    if args.pythonpath:
+        sys.path.insert(0, args.pythonpath)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (args.pythonpath, os.environ.get("PYTHONPATH")) if p)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            print(f"SKIP: cannot import {module} ({e}); deploy/local/install-deps.sh --tests "
+                  "installs it", flush=True)
+            sys.exit(SKIP)
+    for tool in tools:
+        if importlib.util.find_spec(tool) is None:
+            print(f"SKIP: Python module {tool} is not installed", flush=True)
+            sys.exit(SKIP)
+    return args, [sys.argv[0], *rest]
+
+
+def main(argv: list[str]) -> None:
+    """Runs the unittest cases of __main__, verbosely."""
+    unittest.main(module="__main__", argv=argv, verbosity=2)
+
+
+class ServerProcess:
+    """A real gnc-server child on 127.0.0.1 with a port it picked itself. Stopped
+    (SIGTERM, then SIGKILL) by stop(); every wait is bounded."""
+
+    def __init__(self, binary: str, flags: Sequence[str], start_timeout: float = 20.0):
+        self._dir = tempfile.TemporaryDirectory(prefix="gnc-pytest-")
+        port_file = Path(self._dir.name) / "port"
+        self.log_path = Path(self._dir.name) / "server.log"
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [binary, "--address=127.0.0.1", "--port=0", f"--port_file={port_file}", *flags],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + start_timeout
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"gnc-server {' '.join(flags)} did not start listening "
+                                   f"within {start_timeout:g} s:\n{self.log()}")
+            time.sleep(0.02)
+        self.address = f"127.0.0.1:{port_file.read_text().strip()}"
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def stop(self, grace: float = 10.0) -> Optional[int]:
+        """SIGTERM, SIGKILL after `grace` seconds; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a stopped process cannot drain
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=grace)
+        self._log.close()
+        return self.process.returncode
+
+    def cleanup(self) -> None:
+        self.stop()
+        self._dir.cleanup()
+
+
+def start_shards(test: unittest.TestCase, binary: str, num_shards: int, num_workers: int,
+                 flags: Sequence[str] = ()) -> list[ServerProcess]:
+    """Starts S shards of one job; the test case stops them when it ends."""
+    shards = []
+    for s in range(num_shards):
+        shard = ServerProcess(binary, [f"--shard_index={s}", f"--num_shards={num_shards}",
+                                       f"--num_workers={num_workers}", *flags])
+        test.addCleanup(shard.cleanup)
+        shards.append(shard)
+    return shards
+
+
+def bounded(seconds: float, what: str, fn: Callable[[], _T]) -> _T:
+    """Runs fn on a thread and returns its result or raises its exception; fails with
+    AssertionError("... hung") if it has not finished after `seconds`."""
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # handed to the caller
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise AssertionError(f"{what} did not return within {seconds:g} s: it hung")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def bf16_reference(x):
+    """x rounded to bfloat16 (as float32 values), from first principles: of the two
+    bfloat16 neighbours of x (truncated, and one unit further from zero), the nearer
+    one; on a tie, the one whose last kept bit is 0. For finite x below the largest
+    bfloat16 in magnitude (the NaN and overflow rules are not modelled)."""
+    import numpy as np
+
+    x = np.asarray(x, np.float32)
+    low_bits = x.view(np.uint32) & np.uint32(0xFFFF0000)
+    low = low_bits.view(np.float32).astype(np.float64)
+    high = (low_bits + np.uint32(0x10000)).view(np.float32).astype(np.float64)
+    exact = x.astype(np.float64)
+    to_low, to_high = np.abs(exact - low), np.abs(high - exact)
+    low_is_odd = (low_bits >> np.uint32(16)) & np.uint32(1) == 1
+    take_high = (to_high < to_low) | ((to_high == to_low) & low_is_odd)
+    return np.where(take_high, high, low).astype(np.float32)
