@@ -66,7 +66,7 @@ class Bfloat16Test(unittest.TestCase):
             self.assertEqual(chunk.dtype, dtype)
             self.assertEqual(len(chunk.data), x.size * wire.element_size(dtype))
             out = np.empty_like(x)
-            wire.decode(chunk, out)
+            wire.Payload(chunk).decode(out)
             np.testing.assert_array_equal(out.view(np.uint32), x.view(np.uint32))
 
     def test_float32_payload_is_little_endian_binary32(self) -> None:
@@ -76,14 +76,25 @@ class Bfloat16Test(unittest.TestCase):
         wire.encode(np.float32([1.0, -2.0]), gnc_pb2.BFLOAT16, chunk)
         self.assertEqual(chunk.data, bytes.fromhex("803f00c0"))
 
+    def test_gradient_request_is_ordinary_protobuf(self) -> None:
+        x = np.arange(1000, dtype=np.float32) / 3
+        for dtype in (gnc_pb2.FLOAT32, gnc_pb2.BFLOAT16):
+            want = gnc_pb2.TrainRequest()
+            want.gradient.step, want.gradient.num_samples = 300, 64
+            want.gradient.chunk.offset, want.gradient.chunk.last = 1 << 18, True
+            wire.encode(x, dtype, want.gradient.chunk)
+            got = gnc_pb2.TrainRequest.FromString(
+                wire.gradient_request(300, 64, 1 << 18, True, x, dtype))
+            self.assertEqual(got, want)
+
     def test_bad_chunks(self) -> None:
         with self.assertRaisesRegex(ValueError, "whole number"):
-            wire.decode(gnc_pb2.Chunk(dtype=gnc_pb2.BFLOAT16, data=b"abc"), np.empty(1, np.float32))
+            wire.Payload(gnc_pb2.Chunk(dtype=gnc_pb2.BFLOAT16, data=b"abc"))
         with self.assertRaisesRegex(ValueError, "unsupported dtype"):
-            wire.decode(gnc_pb2.Chunk(dtype=7, data=b"abcd"), np.empty(1, np.float32))
+            wire.Payload(gnc_pb2.Chunk(dtype=7, data=b"abcd"))
         with self.assertRaisesRegex(ValueError, "expected 2"):
-            wire.decode(gnc_pb2.Chunk(dtype=gnc_pb2.FLOAT32, data=b"abcd"),
-                        np.empty(2, np.float32))
+            wire.Payload(gnc_pb2.Chunk(dtype=gnc_pb2.FLOAT32, data=b"abcd")).decode(
+                np.empty(2, np.float32))
         with self.assertRaisesRegex(ValueError, "float16"):
             wire.dtype_value("float16")
 

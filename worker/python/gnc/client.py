@@ -75,20 +75,23 @@ class _StreamEnd:
 
 
 class _TrainStream:
-    """One Train stream: requests go through a queue that gRPC's sending thread drains;
-    a reader thread appends every response, then a _StreamEnd, to `items` and wakes
-    whoever waits on the client's condition."""
+    """One Train stream: serialized requests go through a queue that gRPC's sending
+    thread drains; a reader thread appends every response, then a _StreamEnd, to
+    `items` and wakes whoever waits on the client's condition."""
 
-    def __init__(self, stub, metadata, rank: int, cond: threading.Condition, name: str):
+    def __init__(self, train: grpc.StreamStreamMultiCallable, metadata, rank: int,
+                 cond: threading.Condition, name: str):
         self.items: collections.deque = collections.deque()
         self._cond = cond
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        self._requests.put(gnc_pb2.TrainRequest(hello=gnc_pb2.TrainRequest.Hello(rank=rank)))
-        self._call = stub.Train(iter(self._requests.get, None), metadata=metadata)
+        hello = gnc_pb2.TrainRequest(hello=gnc_pb2.TrainRequest.Hello(rank=rank))
+        self._requests.put(hello.SerializeToString())
+        self._call = train(iter(self._requests.get, None), metadata=metadata)
         self._reader = threading.Thread(target=self._read, name=name, daemon=True)
         self._reader.start()
 
-    def send(self, request: gnc_pb2.TrainRequest) -> None:
+    def send(self, request: bytes) -> None:
+        """Queues one serialized TrainRequest."""
         self._requests.put(request)
 
     def close(self) -> None:
@@ -117,6 +120,7 @@ class _Shard:
     address: str
     channel: grpc.Channel
     stub: object
+    train: grpc.StreamStreamMultiCallable
     range: ShardRange = ShardRange(0, 0)
     needs_parameters: bool = False
     stream: Optional[_TrainStream] = None
@@ -190,7 +194,8 @@ class Client:
         try:
             for i, address in enumerate(servers):
                 channel = self._transport.channel(address)
-                self._shards.append(_Shard(i, address, channel, self._transport.stub(channel)))
+                self._shards.append(_Shard(i, address, channel, self._transport.stub(channel),
+                                           self._transport.train(channel)))
             self.job = self._join_all(config_hash)
         except BaseException:
             self.close()
@@ -231,8 +236,10 @@ class Client:
             def requests() -> Iterator[gnc_pb2.OfferParametersRequest]:
                 for offset, count in self._chunk_spans(shard.range):
                     request = gnc_pb2.OfferParametersRequest(rank=self._rank)
-                    self._fill_chunk(request.chunk, flat, shard.range, offset, count,
-                                     gnc_pb2.FLOAT32)
+                    request.chunk.offset = offset
+                    request.chunk.last = offset + count == shard.range.size
+                    begin = shard.range.begin + offset
+                    wire.encode(flat[begin:begin + count], gnc_pb2.FLOAT32, request.chunk)
                     yield request
 
             shard.stub.OfferParameters(requests(), timeout=self._rpc_timeout,
@@ -295,12 +302,10 @@ class Client:
         targets = [s for s in self._shards if s.state == _State.HAVE_EVAL]
         for shard in targets:
             for offset, count in self._chunk_spans(shard.range):
-                request = gnc_pb2.TrainRequest()
-                request.gradient.step = shard.step
-                request.gradient.num_samples = num_samples
-                self._fill_chunk(request.gradient.chunk, flat, shard.range, offset, count,
-                                 self._dtype)
-                shard.stream.send(request)
+                begin = shard.range.begin + offset
+                shard.stream.send(wire.gradient_request(
+                    shard.step, num_samples, offset, offset + count == shard.range.size,
+                    flat[begin:begin + count], self._dtype))
             shard.state = _State.AWAIT_ACK
             shard.verdict = None
         self._drive(lambda s: s.state == _State.AWAIT_ACK, "verdict on the gradient")
@@ -326,12 +331,12 @@ class Client:
                 gnc_pb2.PullRequest(dtype=dtype_value), timeout=self._rpc_timeout,
                 metadata=self._transport.metadata())
             for response in responses:
-                count = wire.element_count(response.chunk)
-                if response.chunk.offset != next_offset or next_offset + count > size:
+                payload = wire.Payload(response.chunk)
+                if response.chunk.offset != next_offset or next_offset + payload.count > size:
                     raise GncError(grpc.StatusCode.DATA_LOSS, "parameter chunks out of order")
                 begin = shard.range.begin + next_offset
-                wire.decode(response.chunk, flat[begin:begin + count])
-                next_offset += count
+                payload.decode(flat[begin:begin + payload.count])
+                next_offset += payload.count
                 steps[shard.index] = response.step
             if next_offset != size:
                 raise GncError(grpc.StatusCode.DATA_LOSS, "parameter pull ended early")
@@ -421,7 +426,7 @@ class Client:
     # --- the Train streams ---
 
     def _open_stream(self, shard: _Shard) -> None:
-        shard.stream = _TrainStream(shard.stub, self._transport.metadata(), self._rank,
+        shard.stream = _TrainStream(shard.train, self._transport.metadata(), self._rank,
                                     self._cond, f"gnc-train-{shard.index}")
         shard.state = _State.AWAIT_EVAL
         shard.eval_next = 0
@@ -492,15 +497,15 @@ class Client:
             raise GncError(grpc.StatusCode.DATA_LOSS,
                            f"evaluation point out of order at offset {chunk.offset}")
         try:
-            count = wire.element_count(chunk)
+            payload = wire.Payload(chunk)
         except ValueError as e:
             raise GncError(grpc.StatusCode.DATA_LOSS, str(e)) from None
         size = shard.range.size
-        if shard.eval_next + count > size:
+        if shard.eval_next + payload.count > size:
             raise GncError(grpc.StatusCode.DATA_LOSS, "evaluation point exceeds the shard")
         begin = shard.range.begin + shard.eval_next
-        wire.decode(chunk, shard.eval_out[begin:begin + count])
-        shard.eval_next += count
+        payload.decode(shard.eval_out[begin:begin + payload.count])
+        shard.eval_next += payload.count
         if chunk.last:
             if shard.eval_next != size:
                 raise GncError(grpc.StatusCode.DATA_LOSS, "evaluation point ended early")
@@ -598,12 +603,3 @@ class Client:
         """(offset, count) of the chunks covering a shard's range, in offset order."""
         for offset in range(0, rng.size, wire.CHUNK_ELEMENTS):
             yield offset, min(wire.CHUNK_ELEMENTS, rng.size - offset)
-
-    @staticmethod
-    def _fill_chunk(chunk: gnc_pb2.Chunk, flat: np.ndarray, rng: ShardRange, offset: int,
-                    count: int, dtype: int) -> None:
-        """Sets chunk (in place, inside its request: no copy of the message) to the
-        elements [offset, offset + count) of the shard's range of flat."""
-        chunk.offset = offset
-        chunk.last = offset + count == rng.size
-        wire.encode(flat[rng.begin + offset:rng.begin + offset + count], dtype, chunk)

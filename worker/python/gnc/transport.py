@@ -9,7 +9,10 @@ from typing import Sequence
 import grpc
 
 from gnc import wire
-from gnc.v1 import gnc_pb2_grpc
+from gnc.v1 import gnc_pb2, gnc_pb2_grpc
+
+_SERVICE = gnc_pb2.DESCRIPTOR.services_by_name["ParameterShard"]
+_TRAIN = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['Train'].name}"
 
 
 class Transport:
@@ -31,6 +34,13 @@ class Transport:
 
     def stub(self, channel: grpc.Channel) -> gnc_pb2_grpc.ParameterShardStub:
         return gnc_pb2_grpc.ParameterShardStub(channel)
+
+    def train(self, channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
+        """The Train rpc of the stub, but taking requests already serialized
+        (wire.gradient_request), so that a chunk's payload is copied only once."""
+        return channel.stream_stream(
+            _TRAIN, request_serializer=None,
+            response_deserializer=gnc_pb2.TrainResponse.FromString)
 
     def metadata(self) -> Sequence[tuple[str, str]]:
         """Metadata for every call to a shard."""

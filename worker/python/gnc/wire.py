@@ -53,9 +53,9 @@ def to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
     beyond the largest bfloat16 become infinities. REQUIRES: values is float32.
     """
     bits = np.ascontiguousarray(values, dtype=_FLOAT32).view(np.uint32)
-    # Widened to 64 bits so that adding the rounding bias cannot wrap around.
-    wide = bits.astype(np.uint64)
-    rounded = ((wide + 0x7FFF + ((wide >> 16) & 1)) >> 16).astype(np.uint16)
+    # Adding the bias wraps around only for patterns >= 0xFFFF8000, all NaNs, which
+    # are set below.
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     nan = np.isnan(values)
     if nan.any():
         rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
@@ -67,40 +67,88 @@ def from_bfloat16_bits(bits: np.ndarray, out: np.ndarray) -> None:
     out.view(np.uint32)[...] = bits.astype(np.uint32) << 16
 
 
+def _payload(values: np.ndarray, dtype: int) -> np.ndarray:
+    """values as the little-endian elements of a chunk's data, without a copy for
+    float32. REQUIRES: values is a contiguous float32 vector."""
+    if dtype == gnc_pb2.BFLOAT16:
+        return to_bfloat16_bits(values).astype(_BFLOAT16_BITS, copy=False)
+    return values.astype(_FLOAT32, copy=False)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_GRADIENT = gnc_pb2.TrainRequest.DESCRIPTOR.fields_by_name["gradient"].number
+_GRADIENT_CHUNK = gnc_pb2.TrainRequest.Gradient.DESCRIPTOR.fields_by_name["chunk"].number
+_CHUNK_DATA = gnc_pb2.Chunk.DESCRIPTOR.fields_by_name["data"].number
+_LENGTH_DELIMITED = 2
+
+
+def gradient_request(step: int, num_samples: int, offset: int, last: bool,
+                     values: np.ndarray, dtype: int) -> bytes:
+    """One serialized TrainRequest carrying a gradient chunk: values (a contiguous
+    float32 vector) at `offset`, in the given gnc.v1.DType.
+
+    Every field but the payload is set through the generated message; the payload is
+    appended as a second occurrence of gradient.chunk holding only data, which any
+    protobuf parser merges into the first. So the payload is copied once, straight
+    into the message, and the result is ordinary gnc.v1 on the wire.
+    """
+    request = gnc_pb2.TrainRequest()
+    request.gradient.step = step
+    request.gradient.num_samples = num_samples
+    request.gradient.chunk.offset = offset
+    request.gradient.chunk.last = last
+    request.gradient.chunk.dtype = gnc_pb2.BFLOAT16 if dtype == gnc_pb2.BFLOAT16 \
+        else gnc_pb2.FLOAT32
+    payload = memoryview(_payload(values, dtype)).cast("B")
+    size = len(payload)
+    headers = []
+    for field in (_CHUNK_DATA, _GRADIENT_CHUNK, _GRADIENT):  # inside out
+        header = _varint(field << 3 | _LENGTH_DELIMITED) + _varint(size)
+        headers.append(header)
+        size += len(header)
+    return b"".join([request.SerializeToString(), *reversed(headers), payload])
+
+
 def encode(values: np.ndarray, dtype: int, chunk: gnc_pb2.Chunk) -> None:
     """Sets chunk.dtype and chunk.data to values in the given gnc.v1.DType.
 
     REQUIRES: values is a contiguous float32 vector.
     """
-    if dtype == gnc_pb2.BFLOAT16:
-        chunk.dtype = gnc_pb2.BFLOAT16
-        chunk.data = to_bfloat16_bits(values).astype(_BFLOAT16_BITS, copy=False).tobytes()
-    else:
-        chunk.dtype = gnc_pb2.FLOAT32
-        chunk.data = values.astype(_FLOAT32, copy=False).tobytes()
+    chunk.dtype = gnc_pb2.BFLOAT16 if dtype == gnc_pb2.BFLOAT16 else gnc_pb2.FLOAT32
+    chunk.data = _payload(values, dtype).tobytes()
 
 
-def element_count(chunk: gnc_pb2.Chunk) -> int:
-    """Elements carried by chunk; ValueError for an unknown dtype or a payload that is
-    not a whole number of elements."""
-    size = element_size(chunk.dtype)
-    if len(chunk.data) % size:
-        raise ValueError(
-            f"chunk payload of {len(chunk.data)} bytes is not a whole number of "
-            f"{size}-byte elements")
-    return len(chunk.data) // size
+class Payload:
+    """A received chunk's elements, read out of the message once (every read of a
+    protobuf bytes field copies it)."""
 
+    def __init__(self, chunk: gnc_pb2.Chunk):
+        """Raises ValueError for an unknown dtype or a payload that is not a whole
+        number of elements."""
+        self.dtype = chunk.dtype
+        self.data = chunk.data
+        size = element_size(self.dtype)
+        if len(self.data) % size:
+            raise ValueError(f"chunk payload of {len(self.data)} bytes is not a whole "
+                             f"number of {size}-byte elements")
+        self.count = len(self.data) // size
 
-def decode(chunk: gnc_pb2.Chunk, out: np.ndarray) -> None:
-    """Writes the chunk's elements into out as float32.
+    def decode(self, out: np.ndarray) -> None:
+        """Writes the elements into out as float32.
 
-    REQUIRES: out is a float32 view with exactly element_count(chunk) elements.
-    Raises ValueError otherwise.
-    """
-    count = element_count(chunk)
-    if count != out.size:
-        raise ValueError(f"chunk has {count} elements, expected {out.size}")
-    if chunk.dtype == gnc_pb2.BFLOAT16:
-        from_bfloat16_bits(np.frombuffer(chunk.data, dtype=_BFLOAT16_BITS), out)
-    else:
-        out[...] = np.frombuffer(chunk.data, dtype=_FLOAT32)
+        REQUIRES: out is a float32 view of exactly `count` elements (else ValueError).
+        """
+        if self.count != out.size:
+            raise ValueError(f"chunk has {self.count} elements, expected {out.size}")
+        if self.dtype == gnc_pb2.BFLOAT16:
+            from_bfloat16_bits(np.frombuffer(self.data, dtype=_BFLOAT16_BITS), out)
+        else:
+            out[...] = np.frombuffer(self.data, dtype=_FLOAT32)
