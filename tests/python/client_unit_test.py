@@ -76,16 +76,26 @@ class Bfloat16Test(unittest.TestCase):
         wire.encode(np.float32([1.0, -2.0]), gnc_pb2.BFLOAT16, chunk)
         self.assertEqual(chunk.data, bytes.fromhex("803f00c0"))
 
-    def test_gradient_request_is_ordinary_protobuf(self) -> None:
+    def test_gradient_request_is_one_ordinary_message(self) -> None:
         x = np.arange(1000, dtype=np.float32) / 3
         for dtype in (gnc_pb2.FLOAT32, gnc_pb2.BFLOAT16):
-            want = gnc_pb2.TrainRequest()
-            want.gradient.step, want.gradient.num_samples = 300, 64
-            want.gradient.chunk.offset, want.gradient.chunk.last = 1 << 18, True
-            wire.encode(x, dtype, want.gradient.chunk)
-            got = gnc_pb2.TrainRequest.FromString(
-                wire.gradient_request(300, 64, 1 << 18, True, x, dtype))
-            self.assertEqual(got, want)
+            for offset, last, generation in ((1 << 18, True, 3), (0, False, 0)):
+                want = gnc_pb2.TrainRequest()
+                want.gradient.step, want.gradient.num_samples = 300, 64
+                want.gradient.generation = generation
+                want.gradient.chunk.offset, want.gradient.chunk.last = offset, last
+                wire.encode(x, dtype, want.gradient.chunk)
+                got = wire.gradient_request(300, generation, 64, offset, last, x, dtype)
+                # The very bytes of the generated serializer: header and payload in
+                # one chunk, fields in number order.
+                self.assertEqual(got, want.SerializeToString(deterministic=True))
+                self.assertEqual(gnc_pb2.TrainRequest.FromString(got), want)
+
+    def test_hello_asks_for_the_wire_dtype(self) -> None:
+        for dtype in (gnc_pb2.FLOAT32, gnc_pb2.BFLOAT16):
+            hello = gnc_pb2.TrainRequest.FromString(wire.hello_request(5, dtype))
+            self.assertEqual(hello.WhichOneof("kind"), "hello")
+            self.assertEqual((hello.hello.rank, hello.hello.wire_dtype), (5, dtype))
 
     def test_bad_chunks(self) -> None:
         with self.assertRaisesRegex(ValueError, "whole number"):

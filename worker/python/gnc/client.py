@@ -304,7 +304,7 @@ class Client:
             for offset, count in self._chunk_spans(shard.range):
                 begin = shard.range.begin + offset
                 shard.stream.send(wire.gradient_request(
-                    shard.step, num_samples, offset, offset + count == shard.range.size,
+                    shard.step, 0, num_samples, offset, offset + count == shard.range.size,
                     flat[begin:begin + count], self._dtype))
             shard.state = _State.AWAIT_ACK
             shard.verdict = None

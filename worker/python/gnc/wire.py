@@ -90,31 +90,49 @@ _CHUNK_DATA = gnc_pb2.Chunk.DESCRIPTOR.fields_by_name["data"].number
 _LENGTH_DELIMITED = 2
 
 
-def gradient_request(step: int, num_samples: int, offset: int, last: bool,
+def _field_header(number: int, size: int) -> bytes:
+    """The key and length of a length-delimited field of `size` bytes."""
+    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(size)
+
+
+def gradient_request(step: int, generation: int, num_samples: int, offset: int, last: bool,
                      values: np.ndarray, dtype: int) -> bytes:
     """One serialized TrainRequest carrying a gradient chunk: values (a contiguous
-    float32 vector) at `offset`, in the given gnc.v1.DType.
+    float32 vector) at `offset`, in the given gnc.v1.DType, for the point of `step`
+    and `generation`.
 
-    Every field but the payload is set through the generated message; the payload is
-    appended as a second occurrence of gradient.chunk holding only data, which any
-    protobuf parser merges into the first. So the payload is copied once, straight
-    into the message, and the result is ordinary gnc.v1 on the wire.
+    The bytes are those of the generated message's SerializeToString() (fields in
+    number order, one chunk), but assembled around the payload: every field but the
+    payload is serialized by the generated classes, the lengths are added by hand, and
+    the payload is copied once, straight into the result.
     """
-    request = gnc_pb2.TrainRequest()
-    request.gradient.step = step
-    request.gradient.num_samples = num_samples
-    request.gradient.chunk.offset = offset
-    request.gradient.chunk.last = last
-    request.gradient.chunk.dtype = gnc_pb2.BFLOAT16 if dtype == gnc_pb2.BFLOAT16 \
-        else gnc_pb2.FLOAT32
+    chunk_dtype = gnc_pb2.BFLOAT16 if dtype == gnc_pb2.BFLOAT16 else gnc_pb2.FLOAT32
     payload = memoryview(_payload(values, dtype)).cast("B")
-    size = len(payload)
-    headers = []
-    for field in (_CHUNK_DATA, _GRADIENT_CHUNK, _GRADIENT):  # inside out
-        header = _varint(field << 3 | _LENGTH_DELIMITED) + _varint(size)
-        headers.append(header)
-        size += len(header)
-    return b"".join([request.SerializeToString(), *reversed(headers), payload])
+    # Chunk: offset (1), dtype (2) | data (3) | last (4).
+    chunk_head = gnc_pb2.Chunk(offset=offset, dtype=chunk_dtype).SerializeToString()
+    data_head = _field_header(_CHUNK_DATA, len(payload))
+    chunk_tail = gnc_pb2.Chunk(last=last).SerializeToString()
+    chunk_size = len(chunk_head) + len(data_head) + len(payload) + len(chunk_tail)
+    # Gradient: step (1), num_samples (2) | chunk (3) | generation (4).
+    gradient_head = gnc_pb2.TrainRequest.Gradient(
+        step=step, num_samples=num_samples).SerializeToString() + \
+        _field_header(_GRADIENT_CHUNK, chunk_size)
+    gradient_tail = gnc_pb2.TrainRequest.Gradient(generation=generation).SerializeToString()
+    gradient_size = len(gradient_head) + chunk_size + len(gradient_tail)
+    return b"".join([_field_header(_GRADIENT, gradient_size), gradient_head, chunk_head,
+                     data_head, payload, chunk_tail, gradient_tail])
+
+
+def hello_request(rank: int, wire_dtype: int) -> bytes:
+    """The serialized Hello that opens a Train stream: this worker's rank and the
+    encoding it wants its evaluation points in."""
+    return gnc_pb2.TrainRequest(hello=gnc_pb2.TrainRequest.Hello(
+        rank=rank, wire_dtype=wire_dtype)).SerializeToString()
+
+
+def dtype_name(dtype: int) -> str:
+    """The wire dtype name of a gnc.v1.DType value (unset reads as float32)."""
+    return "bfloat16" if dtype == gnc_pb2.BFLOAT16 else "float32"
 
 
 def encode(values: np.ndarray, dtype: int, chunk: gnc_pb2.Chunk) -> None:
