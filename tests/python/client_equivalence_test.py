@@ -9,7 +9,10 @@ final w.
   shards compute from the gradients rounded to bfloat16 by an independent numpy
   rounding (gnc_testlib.bf16_reference), pushed by the C++ client as float32; and, in modes
   none and gnc, a numpy simulation of the shards' step on gradients chosen so that
-  every float32 operation of the merge is exact.
+  every float32 operation of the merge is exact. A bfloat16 client asks for its
+  evaluation points in bfloat16 (Hello.wire_dtype): when they come so, they must be the
+  reference's rounded by that independent rounding; shards that do not honour the
+  request yet send float32, and then they must be the reference's as they are.
 
 Which clients are checked is the CLIENTS list: when the C++ client learns bfloat16
 (ClientOptions::wire_dtype, and --wire_dtype in trajectory_client), add
@@ -22,7 +25,7 @@ import subprocess
 import tempfile
 import threading
 import unittest
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -51,6 +54,9 @@ class Trajectory:
     points: np.ndarray  # [T+1][K][N]: x_k of steps 0..T
     w: np.ndarray  # [N]: w after step T
     w_bf16: Optional[np.ndarray] = None  # [N]: w pulled as bfloat16 (Python only)
+    # The encodings the evaluation points came in (Python only): the client asks for
+    # its wire dtype; shards that do not honour Hello.wire_dtype send float32.
+    point_dtypes: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -77,6 +83,7 @@ def run_python(job: Job, servers: list[str], wire_dtype: str, grads: np.ndarray)
     points = np.zeros((job.steps + 1, k, n), np.float32)
     w, w_bf16 = np.zeros(n, np.float32), np.zeros(n, np.float32)
     errors: list[BaseException] = []
+    point_dtypes: set[str] = set()
 
     def worker(rank: int) -> None:
         try:
@@ -90,6 +97,7 @@ def run_python(job: Job, servers: list[str], wire_dtype: str, grads: np.ndarray)
                     if step != t:
                         raise AssertionError(f"rank {rank} got step {step}, expected {t}")
                     points[t, rank] = x
+                    point_dtypes.update(client.point_dtypes)
                     if t < job.steps:
                         client.push_gradient(grads[t, rank], job.num_samples[rank])
                 if rank == 0:
@@ -107,7 +115,7 @@ def run_python(job: Job, servers: list[str], wire_dtype: str, grads: np.ndarray)
         raise AssertionError(f"the Python clients did not finish within {TIMEOUT_S:g} s")
     if errors:
         raise errors[0]
-    return Trajectory(points, w, w_bf16)
+    return Trajectory(points, w, w_bf16, point_dtypes)
 
 
 def run_cpp(job: Job, servers: list[str], wire_dtype: str, grads: np.ndarray) -> Trajectory:
@@ -146,6 +154,18 @@ class EquivalenceTest(unittest.TestCase):
             self.assertEqual(shard.process.wait(timeout=30), 0, shard.log())
         return trajectory
 
+    def as_received(self, want: Trajectory, got: Trajectory, wire_dtype: str) -> Trajectory:
+        """want, with its evaluation points rounded to bfloat16 (by the independent
+        rounding) when got's came as bfloat16. Points of one job come in one dtype:
+        float32, or the client's wire dtype."""
+        if not got.point_dtypes:  # the C++ client does not report it: float32
+            return want
+        self.assertEqual(len(got.point_dtypes), 1, f"points came as {got.point_dtypes}")
+        self.assertLessEqual(got.point_dtypes, {"float32", wire_dtype})
+        if got.point_dtypes == {"float32"}:
+            return want
+        return Trajectory(gnc_testlib.bf16_reference(want.points), want.w)
+
     def assert_same(self, got: Trajectory, want: Trajectory, what: str) -> None:
         for name, a, b in (("evaluation points", got.points, want.points), ("w", got.w, want.w)):
             same = a.view(np.uint32) == b.view(np.uint32)
@@ -178,7 +198,8 @@ class EquivalenceTest(unittest.TestCase):
                 self.assertFalse(np.array_equal(reference["float32"].w, reference["bfloat16"].w))
                 for client, dtype in CLIENTS:
                     got = self.run_job(job, client, dtype, grads)
-                    self.assert_same(got, reference[dtype], f"{client} {dtype} in mode {mode}")
+                    self.assert_same(got, self.as_received(reference[dtype], got, dtype),
+                                     f"{client} {dtype} in mode {mode}")
                     if got.w_bf16 is not None:  # pulled as bfloat16: w rounded by the shard
                         self.assert_same(Trajectory(got.points, got.w_bf16),
                                          Trajectory(got.points, gnc_testlib.bf16_reference(got.w)),
@@ -208,7 +229,8 @@ class EquivalenceTest(unittest.TestCase):
                 for client, dtype in [("cpp", "float32")] + CLIENTS:
                     grads = raw if dtype == "bfloat16" else rounded
                     got = self.run_job(job, client, dtype, grads)
-                    self.assert_same(got, want, f"{client} {dtype} in mode {mode} vs numpy")
+                    self.assert_same(got, self.as_received(want, got, dtype),
+                                     f"{client} {dtype} in mode {mode} vs numpy")
 
 
 def simulate(mode: str, w0: np.ndarray, grads: np.ndarray, num_samples: list[int],

@@ -116,12 +116,13 @@ class ClientErrorsTest(unittest.TestCase):
         self.assertEqual(bounded(lambda: slow.receive_eval_point(x)), 1)
 
     def test_killed_shard_ends_every_wait(self) -> None:
-        """Worker A pushed step 0 to both shards; shard 1 dies. A's receive cannot
-        complete (shard 0 waits for B, B cannot push to shard 1): the client must raise
-        for shard 1 at once, not wait for shard 0 until its step timeout."""
+        """Worker A pushed step 0 to both shards; shard 1 dies for good. A's receive
+        cannot complete (shard 0 waits for B, B cannot push to shard 1): the client
+        must give up on shard 1 after reconnect_timeout, not wait for shard 0 until its
+        step timeout."""
         servers = self.shards(2)
-        a = self.client(servers, 0, 2, step_timeout=HANG_S * 2)
-        b = self.client(servers, 1, 2, step_timeout=HANG_S * 2)
+        a = self.client(servers, 0, 2, step_timeout=HANG_S * 2, reconnect_timeout=2)
+        b = self.client(servers, 1, 2, step_timeout=HANG_S * 2, reconnect_timeout=2)
         bounded(lambda: a.offer(np.zeros(N, np.float32)))
         x = np.empty(N, np.float32)
         for c in (a, b):
@@ -132,7 +133,8 @@ class ClientErrorsTest(unittest.TestCase):
                         (b, lambda: b.push_gradient(np.ones(N, np.float32), 4))):
             with self.assertRaises(gnc.GncError) as caught:
                 bounded(call)
-            self.assert_error(caught.exception, grpc.StatusCode.UNAVAILABLE, 1, servers[1])
+            self.assert_error(caught.exception, grpc.StatusCode.UNAVAILABLE, 1, servers[1],
+                              "did not answer within 2 s")
 
     def test_stalled_shard_ends_in_deadline_exceeded(self) -> None:
         servers = self.shards(1)
@@ -144,7 +146,11 @@ class ClientErrorsTest(unittest.TestCase):
         with self.assertRaises(gnc.GncError) as caught:
             bounded(lambda: c.push_gradient(np.ones(N, np.float32), 4))
         self.assert_error(caught.exception, grpc.StatusCode.DEADLINE_EXCEEDED, 1, servers[1],
-                          "no verdict on the gradient within 2 s")
+                          "no progress within 2 s waiting for the shards to take the gradient")
+        # What every shard waits for: shard 0 took the gradient and waits for the
+        # next one; shard 1 does not answer.
+        self.assertIn(f"shard 0 ({servers[0]}): at step 1, waiting", caught.exception.message)
+        self.assertIn(f"shard 1 ({servers[1]}): unreachable", caught.exception.message)
         # Joining a stalled shard ends too.
         with self.assertRaises(gnc.GncError) as caught:
             self.client(servers, 0, 1, connect_timeout=2)
@@ -167,6 +173,8 @@ class ClientErrorsTest(unittest.TestCase):
             gnc.Client(servers, 0, 1, LAYOUT, 4, wire_dtype="float16")
         with self.assertRaises(ValueError):
             gnc.Client(servers, 0, 1, LAYOUT, 4, step_timeout=float("inf"))
+        with self.assertRaises(ValueError):
+            gnc.Client(servers, 0, 1, LAYOUT, 4, reconnect_timeout=0)
         c = self.client(servers, 0, 1)
         with self.assertRaises(ValueError):
             c.offer(np.zeros(N + 1, np.float32))
@@ -175,8 +183,9 @@ class ClientErrorsTest(unittest.TestCase):
             c.receive_eval_point(np.zeros(N, np.float64))
         with self.assertRaises(gnc.GncError) as caught:
             c.push_gradient(np.zeros(N, np.float32), 4)
-        self.assert_error(caught.exception, grpc.StatusCode.FAILED_PRECONDITION, 0, servers[0],
-                          "no evaluation point received yet")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIsNone(caught.exception.shard)  # a local check
+        self.assertIn("no evaluation point received yet", caught.exception.message)
         bounded(c.leave)
         with self.assertRaises(gnc.GncError) as caught:
             c.receive_eval_point(np.zeros(N, np.float32))

@@ -7,130 +7,68 @@ evaluation point x_k and push the gradient taken there.
         x = np.empty(layout.num_elements, np.float32)
         g = np.empty_like(x)
         while (step := client.receive_eval_point(x)) < total_steps:
-            ... g = gradient of the loss at x on the next minibatch ...
+            ... g = gradient of the loss at x on the batch of `step` ...
             try:
                 client.push_gradient(g, batch_size)
             except gnc.LateGradient:
-                pass                           # the step completed without us: carry on
+                pass                           # late, or the job was rewound: carry on
         client.pull(x)                         # the unperturbed w, for evaluation
     # leaving the block calls leave()
 
 Every shard has one long-lived Train stream, driven concurrently: a push sends to
 all shards at once and a receive takes chunks from whichever shard answers first.
-Every status a shard returns is raised as a GncError naming the shard; no call waits
-without an end (connect_timeout, step_timeout, rpc_timeout).
+Every status a shard returns is raised as a GncError naming the shard.
+
+Failures (DESIGN section 6), as the C++ client handles them. Every wait ends: a call
+that sees no progress for step_timeout raises DEADLINE_EXCEEDED naming what every
+shard waits for. When a shard's stream fails, the client ends its other waits,
+reconnects with exponential backoff for up to reconnect_timeout, and looks at every
+shard's job (id, generation, step): it carries on, rewinds the job to the newest step
+every shard holds (a restarted shard restores a checkpoint), or raises
+FAILED_PRECONDITION naming each shard and its step (gnc.job_sync decides). It never
+combines evaluation points of different jobs or generations. After a rewind the next
+receive_eval_point returns the rewound step, which may be lower than the last: derive
+each step's batch from the step, so that the job resumes where it was.
 
 Thread-compatible: one thread drives a client.
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import enum
-import queue
+import itertools
+import logging
+import secrets
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import grpc
 import numpy as np
 
 from gnc import wire
-from gnc.errors import GncError, LateGradient, status_code
-from gnc.layout import Layout, ShardRange, TensorSpec, shard_range
+from gnc.errors import GncError, LateGradient
+from gnc.job_link import CALL_TIMEOUT_S, JobInfo, JobLink, ShardPool, raise_first
+from gnc.layout import Layout, TensorSpec
+from gnc.shard_link import PointTag, ShardLink, StreamEnd, StreamState, named
 from gnc.transport import Transport
 from gnc.v1 import gnc_pb2
 
-_MODES = {gnc_pb2.NONE: "none", gnc_pb2.GNC: "gnc", gnc_pb2.ISOTROPIC: "isotropic"}
-# Longest wait of one Join attempt: a shard that is still starting is retried.
-_JOIN_ATTEMPT_S = 5.0
-_JOIN_RETRY_PAUSE_S = 0.2
-_T = TypeVar("_T")
+_log = logging.getLogger("gnc")
+# A call recovers at most this many times before it gives up.
+_MAX_RECOVERIES = 20
+# Codes of a stream that may work again after a reconnect.
+_RECOVERABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 
 
 @dataclass
-class JobInfo:
-    """What the shards told this worker on join."""
+class _Failure:
+    """Why a wait on the streams ended early: a stream broke (`error`), or no shard
+    made progress within step_timeout (`stalled`: the shards still waited for)."""
 
-    config_hash: int = 0
-    layout_hash: int = 0
-    total_steps: int = 0  # 0 = not fixed by the servers
-    mode: str = ""  # none, gnc, isotropic
-    ranges: list[ShardRange] = field(default_factory=list)  # per shard, global ranges
-
-
-class _State(enum.Enum):
-    AWAIT_EVAL = 1  # an evaluation point is on its way (after Hello, OK or ABORTED ack)
-    HAVE_EVAL = 2  # evaluation point received; a gradient is due
-    AWAIT_ACK = 3  # gradient sent; the shard's verdict is on its way
-
-
-@dataclass
-class _StreamEnd:
-    """The last item of a Train stream: why it ended (None: the server closed it)."""
-
-    error: Optional[BaseException]
-
-
-class _TrainStream:
-    """One Train stream: serialized requests go through a queue that gRPC's sending
-    thread drains; a reader thread appends every response, then a _StreamEnd, to
-    `items` and wakes whoever waits on the client's condition."""
-
-    def __init__(self, train: grpc.StreamStreamMultiCallable, metadata, rank: int,
-                 cond: threading.Condition, name: str):
-        self.items: collections.deque = collections.deque()
-        self._cond = cond
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        hello = gnc_pb2.TrainRequest(hello=gnc_pb2.TrainRequest.Hello(rank=rank))
-        self._requests.put(hello.SerializeToString())
-        self._call = train(iter(self._requests.get, None), metadata=metadata)
-        self._reader = threading.Thread(target=self._read, name=name, daemon=True)
-        self._reader.start()
-
-    def send(self, request: bytes) -> None:
-        """Queues one serialized TrainRequest."""
-        self._requests.put(request)
-
-    def close(self) -> None:
-        """Ends the stream; the sending and reading threads then finish on their own."""
-        self._requests.put(None)
-        self._call.cancel()
-
-    def _read(self) -> None:
-        error: Optional[BaseException] = None
-        try:
-            for response in self._call:
-                self._deliver(response)
-        except BaseException as e:  # grpc.RpcError, or a failure to parse a message
-            error = e
-        self._deliver(_StreamEnd(error))
-
-    def _deliver(self, item) -> None:
-        with self._cond:
-            self.items.append(item)
-            self._cond.notify_all()
-
-
-@dataclass(eq=False)
-class _Shard:
-    index: int
-    address: str
-    channel: grpc.Channel
-    stub: object
-    train: grpc.StreamStreamMultiCallable
-    range: ShardRange = ShardRange(0, 0)
-    needs_parameters: bool = False
-    stream: Optional[_TrainStream] = None
-    state: _State = _State.AWAIT_EVAL
-    step: int = -1  # step of the evaluation point last received
-    verdict: Optional[GncError] = None  # the refusal of the last gradient, if any
-    # The evaluation point being received: its step, next offset and buffer.
-    eval_step: int = -1
-    eval_next: int = 0
-    eval_out: Optional[np.ndarray] = None
+    error: Optional[GncError] = None
+    stalled: Sequence[ShardLink] = ()
 
 
 class Client:
@@ -142,29 +80,34 @@ class Client:
       num_workers: K.
       layout: the model's tensors (a Layout, or a list of (name, shape)).
       local_batch_size: samples per step on this worker (>= 1).
-      wire_dtype: "float32" or "bfloat16": the encoding of the gradients pushed and of
-        the parameters pulled. bfloat16 halves those bytes; values are rounded to
-        nearest even, as the C++ codec does. Evaluation points are read in whatever
-        dtype each chunk carries (the shards send float32 today).
+      wire_dtype: "float32" or "bfloat16": the encoding of the gradients pushed, of
+        the parameters pulled and, through the Train stream's Hello, of the
+        evaluation points the shards send (a shard that does not honour it sends
+        float32; each chunk says its dtype and is decoded as it comes). bfloat16
+        halves those bytes; values are rounded to nearest even, as the C++ codec does.
       config_hash: pin the servers' config hash; 0 accepts shard 0's (the others must
         match it).
       connect_timeout: seconds the constructor keeps retrying shards that are not up.
-      step_timeout: longest wait, in seconds, for a shard's evaluation point or verdict.
-        A step waits for every worker (or the straggler timeout), so make it longer
-        than the slowest worker's step.
+      reconnect_timeout: seconds a call keeps reconnecting (exponential backoff) to a
+        shard whose stream broke, before it raises UNAVAILABLE naming the shard.
+      step_timeout: the longest, in seconds, any call waits for the job to make
+        progress (an evaluation point, a verdict on a gradient). A step waits for
+        every worker (or the straggler timeout), so make it longer than the slowest
+        worker's step.
       rpc_timeout: deadline, in seconds, of every other call (offer, pull, leave).
 
     Raises GncError from the first shard that refuses the join (INVALID_ARGUMENT,
     FAILED_PRECONDITION, ...), DEADLINE_EXCEEDED if a shard never answered, or
-    FAILED_PRECONDITION if the shards disagree on the job's config or shard map;
-    ValueError for bad arguments.
+    FAILED_PRECONDITION if the shards disagree on the job's config or shard map, or the
+    job cannot go on without a mixed model (a shard came back blank while the job has
+    started); ValueError for bad arguments.
     """
 
     def __init__(self, servers: Sequence[str], rank: int, num_workers: int,
                  layout: Layout | Iterable[TensorSpec | tuple[str, Sequence[int]]],
                  local_batch_size: int, wire_dtype: str = "float32", config_hash: int = 0,
-                 connect_timeout: float = 60.0, step_timeout: float = 300.0,
-                 rpc_timeout: float = 60.0):
+                 connect_timeout: float = 60.0, reconnect_timeout: float = 120.0,
+                 step_timeout: float = 600.0, rpc_timeout: float = 60.0):
         if isinstance(servers, str):
             raise ValueError("servers must be a list of host:port, not one string")
         if not servers:
@@ -172,6 +115,7 @@ class Client:
         if not 0 <= rank < num_workers:
             raise ValueError(f"rank {rank} outside [0, {num_workers})")
         for name, value in (("connect_timeout", connect_timeout),
+                            ("reconnect_timeout", reconnect_timeout),
                             ("step_timeout", step_timeout), ("rpc_timeout", rpc_timeout)):
             if not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
@@ -182,26 +126,39 @@ class Client:
         self._dtype = wire.dtype_value(wire_dtype)
         self._wire_dtype = wire_dtype
         self._connect_timeout = connect_timeout
+        self._reconnect_timeout = reconnect_timeout
         self._step_timeout = step_timeout
         self._rpc_timeout = rpc_timeout
         self._transport = Transport()
         self._cond = threading.Condition()
         self._left = False
         self._closed = False
-        self._shards: list[_Shard] = []
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=len(servers), thread_name_prefix="gnc-shard")
+        # Set when the streams were closed since the last receive_eval_point (a
+        # recovery, a stalled wait): the gradient the caller computed must be matched
+        # against fresh points before it is pushed.
+        self._recovered = False
+        self._point_tags: list[PointTag] = []  # per shard, of the last receive_eval_point
+        self._shards: list[ShardLink] = []
+        self._pool = ShardPool(len(servers), max(connect_timeout, reconnect_timeout,
+                                                 rpc_timeout, CALL_TIMEOUT_S) + 30)
+        self._job = JobLink(self._shards, self._pool, rank, num_workers, self._layout,
+                            local_batch_size, self._transport.metadata)
         try:
             for i, address in enumerate(servers):
                 channel = self._transport.channel(address)
-                self._shards.append(_Shard(i, address, channel, self._transport.stub(channel),
-                                           self._transport.train(channel)))
-            self.job = self._join_all(config_hash)
+                self._shards.append(ShardLink(i, address, channel, self._transport.stub(channel),
+                                              self._transport.train(channel)))
+            self._job.connect(config_hash, connect_timeout)
         except BaseException:
             self.close()
             raise
 
     # --- properties ---
+
+    @property
+    def job(self) -> JobInfo:
+        """What the shards said of the job: id, generation, config, mode, ranges."""
+        return self._job.info
 
     @property
     def layout(self) -> Layout:
@@ -219,130 +176,172 @@ class Client:
     def wire_dtype(self) -> str:
         return self._wire_dtype
 
+    @property
+    def point_dtypes(self) -> list[str]:
+        """Per shard, the encoding the last evaluation point came in ("float32" or
+        "bfloat16"): the wire dtype once the shards honour it."""
+        return [wire.dtype_name(s.point_dtype) for s in self._shards]
+
     # --- the worker's calls ---
 
     def offer(self, params: np.ndarray) -> None:
-        """Offers w0 (the full flat vector, float32) to every shard that has none yet;
-        the first complete offer per shard wins, later ones are size-checked and
-        discarded. Sent as float32 whatever the wire dtype, so w0 is exact.
+        """Offers w0 (the full flat vector, float32) to every shard that has none yet:
+        shard 0 first, which fixes the job id (this offer's random proposal, or the id
+        it already has), then the others with that id. The first complete offer per
+        shard wins; later ones are size-checked and discarded. Sent as float32 whatever
+        the wire dtype, so w0 is exact. A shard that came back blank in a started job
+        is never offered anything: the join refused the job already.
 
         Raises ValueError for a wrong size; GncError (INVALID_ARGUMENT for a
-        non-finite value, FAILED_PRECONDITION if not joined, ...) naming the shard.
+        non-finite value, FAILED_PRECONDITION if not joined or if a shard answers with
+        another job id than shard 0's, ...) naming the shard.
         """
+        self._check_open()
         flat = self._input_vector(params, "offered parameters")
-        needy = [s for s in self._shards if s.needs_parameters]
+        if not any(s.needs_parameters for s in self._shards):
+            return
+        job_id = self.job.job_id
+        first = self._shards[0]
+        if job_id == 0 and first.job.initialized:
+            job_id = first.job.job_id
+        while job_id == 0:
+            job_id = secrets.randbits(64)
+        if first.needs_parameters:
+            try:
+                job_id = self._offer_to(first, flat, job_id)
+            except (GncError, grpc.RpcError, ValueError) as e:
+                raise named(first, e) from None
 
-        def offer_one(shard: _Shard) -> None:
-            def requests() -> Iterator[gnc_pb2.OfferParametersRequest]:
-                for offset, count in self._chunk_spans(shard.range):
-                    request = gnc_pb2.OfferParametersRequest(rank=self._rank)
-                    request.chunk.offset = offset
-                    request.chunk.last = offset + count == shard.range.size
-                    begin = shard.range.begin + offset
-                    wire.encode(flat[begin:begin + count], gnc_pb2.FLOAT32, request.chunk)
-                    yield request
+        def offer_other(shard: ShardLink) -> None:
+            theirs = self._offer_to(shard, flat, job_id)
+            if theirs != job_id:
+                raise GncError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"serves job {theirs:x}, shard 0 serves job {job_id:x}")
 
-            shard.stub.OfferParameters(requests(), timeout=self._rpc_timeout,
-                                       metadata=self._transport.metadata())
-            shard.needs_parameters = False
-
-        self._for_each_shard(offer_one, needy)
+        self._pool.for_each(offer_other, [s for s in self._shards if s.needs_parameters])
+        self.job.job_id = job_id
 
     def receive_eval_point(self, out: np.ndarray) -> int:
         """Waits for this worker's evaluation point of the next step from every shard
         and writes it into out (float32, C-contiguous, layout.num_elements elements).
-        Opens the Train streams on first use. Returns the step (if the shards
-        disagree after a straggler skip, the largest; gradients are tagged per shard).
+        Opens the Train streams on first use. Returns the step (if the shards disagree
+        after a straggler skip, the largest; gradients are tagged per shard); after a
+        rewind, the rewound step.
 
         Raises GncError: FAILED_PRECONDITION if a gradient is still due on a shard
-        (push it again); DEADLINE_EXCEEDED after step_timeout; the stream's status
-        (UNAVAILABLE, ...) if a shard's stream ends, the other shards' waits included.
+        (push it again) or the job cannot go on without a mixed model;
+        DEADLINE_EXCEEDED after step_timeout without progress, naming what every shard
+        waits for; UNAVAILABLE naming the shard that did not come back within
+        reconnect_timeout; a shard's refusal otherwise.
         """
         self._check_open()
         flat = self._output_vector(out, "evaluation point buffer")
         for shard in self._shards:
-            if shard.state == _State.HAVE_EVAL:
-                raise self._named(shard, GncError(
+            if shard.state == StreamState.HAVE_EVAL and shard.pending is None:
+                raise named(shard, GncError(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"no evaluation point is due: the gradient for step {shard.step} has "
-                    "not been accepted yet (push it again)"))
-        # Verdicts still due from a push that another shard's failure interrupted.
-        self._drive(lambda s: s.state == _State.AWAIT_ACK, "verdict on the gradient")
-        refused = [s for s in self._shards if s.state == _State.HAVE_EVAL]
-        self._raise_first([(s, s.verdict) for s in refused])
-        for shard in self._shards:
-            if shard.stream is None:
-                self._open_stream(shard)
-            if shard.eval_next > 0 and shard.eval_out is not flat:
-                # A wait that ended early left part of the point in another buffer.
-                part = slice(shard.range.begin, shard.range.begin + shard.eval_next)
-                flat[part] = shard.eval_out[part]
-            shard.eval_out = flat
-        self._drive(lambda s: s.state != _State.HAVE_EVAL, "evaluation point")
-        for shard in self._shards:
-            shard.eval_out = None
-        return max(shard.step for shard in self._shards)
+                    f"no evaluation point is due: the gradient for step {shard.tag.step} "
+                    "has not been accepted yet (push it again)"))
+        for recoveries in itertools.count():
+            failure = self._receive(flat)
+            if failure is None and not self._points_consistent():
+                self._close_streams()
+                failure = _Failure(GncError(
+                    grpc.StatusCode.DATA_LOSS,
+                    "the shards sent points of different generations (a rewind is under way)"))
+            if failure is None:
+                break
+            if failure.stalled:
+                raise self._job.stall_error("waiting for the next evaluation point",
+                                            failure.stalled, self._step_timeout)
+            if failure.error.code not in _RECOVERABLE or recoveries >= _MAX_RECOVERIES:
+                raise failure.error
+            self._recover(failure.error)
+        self._recovered = False
+        self.job.generation = self._shards[0].tag.generation
+        self._point_tags = [s.tag for s in self._shards]
+        return max(tag.step for tag in self._point_tags)
 
     def push_gradient(self, grad: np.ndarray, num_samples: int) -> None:
         """Sends grad (the full flat vector, taken at the last evaluation point) with
-        its sample count to every shard, in the wire dtype, and waits for each verdict.
+        its sample count to every shard, in the wire dtype, tagged with the point's
+        step and generation, and waits for each verdict. After a reconnect in the same
+        generation, the shards still at that point get it again.
 
         Raises LateGradient (ABORTED) if some shard had completed the step without
-        this worker: carry on, the next receive_eval_point has the new step. Otherwise
-        GncError from the first shard that refused (INVALID_ARGUMENT for a non-finite
-        value, ...; the gradient may then be pushed again) or whose stream failed;
-        DEADLINE_EXCEEDED after step_timeout. ValueError for a wrong size.
+        this worker, or the job was rewound meanwhile: carry on, the next
+        receive_eval_point has the step to work on. Otherwise GncError from the first
+        shard that refused (INVALID_ARGUMENT for a non-finite value, ...; the gradient
+        may then be pushed again; FAILED_PRECONDITION once a shard diverged), or as
+        receive_eval_point for failures (DEADLINE_EXCEEDED, UNAVAILABLE,
+        FAILED_PRECONDITION). ValueError for a wrong size.
         """
         self._check_open()
         flat = self._input_vector(grad, "gradient")
-        for shard in self._shards:
-            if shard.stream is None:
-                raise self._named(shard, GncError(grpc.StatusCode.FAILED_PRECONDITION,
-                                                  "no evaluation point received yet"))
-        targets = [s for s in self._shards if s.state == _State.HAVE_EVAL]
-        for shard in targets:
-            for offset, count in self._chunk_spans(shard.range):
-                begin = shard.range.begin + offset
-                shard.stream.send(wire.gradient_request(
-                    shard.step, 0, num_samples, offset, offset + count == shard.range.size,
-                    flat[begin:begin + count], self._dtype))
-            shard.state = _State.AWAIT_ACK
-            shard.verdict = None
-        self._drive(lambda s: s.state == _State.AWAIT_ACK, "verdict on the gradient")
-        self._raise_first([(s, s.verdict) for s in targets])
+        if len(self._point_tags) != len(self._shards):
+            raise GncError(grpc.StatusCode.FAILED_PRECONDITION, "no evaluation point received yet")
+        failure, pushed = None, []
+        # Streams closed since the last receive (a recovery during pull, a stalled
+        # wait): match the gradient against fresh points first.
+        rematch = self._recovered
+        if not rematch:
+            pushed = [s for s in self._shards
+                      if s.state == StreamState.HAVE_EVAL and s.pending is None]
+            for shard in pushed:
+                shard.send_gradient(flat, num_samples, self._dtype)
+            failure = self._drive(pushed, lambda s: s.state != StreamState.AWAIT_ACK)
+        for recoveries in itertools.count():
+            if failure is not None and failure.stalled:
+                raise self._job.stall_error("waiting for the shards to take the gradient",
+                                            failure.stalled, self._step_timeout)
+            if not rematch:
+                if failure is None:
+                    raise_first([(s, s.verdict) for s in pushed])
+                    return
+                if failure.error.code not in _RECOVERABLE or recoveries >= _MAX_RECOVERIES:
+                    raise failure.error
+                self._recover(failure.error)
+            # The streams are new. In another generation the gradient is void; in the
+            # same one, shards still at the point it was taken at get it again.
+            rematch = False
+            self._recovered = False
+            taken_at = self._point_tags[0]
+            if self.job.generation != taken_at.generation:
+                raise self._rewound(taken_at, self.job.generation)
+            failure, pushed = self._push_again(flat, num_samples)
+            newer = [s.tag.generation for s in self._shards
+                     if s.pending is not None and s.tag.generation != taken_at.generation]
+            if failure is None and newer:
+                raise self._rewound(taken_at, newer[0])
 
     def pull(self, out: np.ndarray, dtype: Optional[str] = None) -> int:
         """Writes the unperturbed parameters w (full flat vector) into out (float32,
         C-contiguous). dtype: the encoding on the wire, default the client's wire dtype.
-        Returns the step of the snapshot (the smallest over shards).
+        Returns the step of the snapshot (the smallest over shards). Snapshots of
+        different job ids or generations are never combined: the client reconnects
+        (and rewinds) and pulls again.
 
         Raises GncError (FAILED_PRECONDITION if not initialised, DEADLINE_EXCEEDED
-        after rpc_timeout, ...) naming the shard; ValueError for a wrong size.
+        after rpc_timeout, UNAVAILABLE after reconnect_timeout, ...) naming the shard;
+        ValueError for a wrong size.
         """
         self._check_open()
         flat = self._output_vector(out, "parameter buffer")
         dtype_value = self._dtype if dtype is None else wire.dtype_value(dtype)
-        steps: dict[int, int] = {}
-
-        def pull_one(shard: _Shard) -> None:
-            size = shard.range.size
-            next_offset = 0
-            responses = shard.stub.PullParameters(
-                gnc_pb2.PullRequest(dtype=dtype_value), timeout=self._rpc_timeout,
-                metadata=self._transport.metadata())
-            for response in responses:
-                payload = wire.Payload(response.chunk)
-                if response.chunk.offset != next_offset or next_offset + payload.count > size:
-                    raise GncError(grpc.StatusCode.DATA_LOSS, "parameter chunks out of order")
-                begin = shard.range.begin + next_offset
-                payload.decode(flat[begin:begin + payload.count])
-                next_offset += payload.count
-                steps[shard.index] = response.step
-            if next_offset != size:
-                raise GncError(grpc.StatusCode.DATA_LOSS, "parameter pull ended early")
-
-        self._for_each_shard(pull_one, self._shards)
-        return min(steps.values())
+        for recoveries in itertools.count():
+            results = self._pool.each(lambda s: self._pull_one(s, flat, dtype_value),
+                                       self._shards)
+            failed = next((named(s, e) for s, _, e in results if e is not None), None)
+            if failed is None:
+                tags = [tag for _, tag, _ in results]
+                if all(t[:2] == tags[0][:2] for t in tags):
+                    return min(t.step for t in tags)
+                failed = GncError(grpc.StatusCode.DATA_LOSS,
+                                  "the shards answered from different generations")
+            if not isinstance(failed, GncError) or failed.code not in _RECOVERABLE or \
+                    recoveries >= _MAX_RECOVERIES:
+                raise failed
+            self._recover(failed)
 
     def leave(self) -> None:
         """Tells every shard this worker is done, then closes the streams and channels.
@@ -352,12 +351,12 @@ class Client:
             return
         self._left = True
 
-        def leave_one(shard: _Shard) -> None:
+        def leave_one(shard: ShardLink) -> None:
             shard.stub.Leave(gnc_pb2.LeaveRequest(rank=self._rank), timeout=self._rpc_timeout,
                              metadata=self._transport.metadata())
 
         try:
-            self._for_each_shard(leave_one, self._shards)
+            self._pool.for_each(leave_one, self._shards)
         finally:
             self.close()
 
@@ -368,11 +367,9 @@ class Client:
             return
         self._closed = True
         for shard in self._shards:
-            if shard.stream is not None:
-                shard.stream.close()
-                shard.stream = None
+            shard.close_stream()
             shard.channel.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
 
     def __enter__(self) -> "Client":
         return self
@@ -384,78 +381,111 @@ class Client:
         else:
             self.close()
 
-    # --- joining ---
+    # --- recovering ---
 
-    def _join_all(self, config_hash: int) -> JobInfo:
-        # Shard 0 first: it fixes the config hash that every other shard must have.
-        first = self._call_shard(self._shards[0], lambda s: self._join(s, config_hash))
-        self._for_each_shard(lambda s: self._join(s, first.config_hash), self._shards[1:])
-        return JobInfo(config_hash=first.config_hash, layout_hash=first.layout_hash,
-                       total_steps=first.total_steps, mode=_MODES.get(first.mode, "unspecified"),
-                       ranges=[s.range for s in self._shards])
+    def _recover(self, cause: GncError) -> None:
+        """After a stream failure: closes every stream, then synchronizes within
+        reconnect_timeout."""
+        _log.warning("worker %d: %s; reconnecting (for up to %g s)", self._rank, cause,
+                     self._reconnect_timeout)
+        self._close_streams()
+        generation = self.job.generation
+        self._job.synchronize(time.monotonic() + self._reconnect_timeout,
+                              self._reconnect_timeout)
+        _log.info("worker %d: reconnected to every shard%s", self._rank,
+                  f"; the job is now at generation {self.job.generation}"
+                  if self.job.generation != generation else "")
 
-    def _join(self, shard: _Shard, config_hash: int) -> gnc_pb2.JoinResponse:
-        request = gnc_pb2.JoinRequest(
-            rank=self._rank, num_workers=self._num_workers, num_shards=len(self._shards),
-            shard_index=shard.index, layout=self._layout.to_proto(),
-            local_batch_size=self._local_batch_size, config_hash=config_hash)
-        deadline = time.monotonic() + self._connect_timeout
-        while True:
-            attempt = min(_JOIN_ATTEMPT_S, max(deadline - time.monotonic(), 0.01))
-            try:
-                response = shard.stub.Join(request, timeout=attempt, wait_for_ready=True,
-                                           metadata=self._transport.metadata())
-                break
-            except grpc.RpcError as e:
-                if e.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                    grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise GncError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                   f"no answer within {self._connect_timeout:g} s: "
-                                   f"{e.details()}") from None
-                time.sleep(_JOIN_RETRY_PAUSE_S)
-        shard.range = ShardRange(response.shard_begin, response.shard_end)
-        shard.needs_parameters = response.needs_parameters
-        expected = shard_range(self._layout.num_elements, len(self._shards), shard.index)
-        if shard.range != expected:
-            raise GncError(grpc.StatusCode.FAILED_PRECONDITION,
-                           "shard range differs from the client's shard map")
-        return response
+    @staticmethod
+    def _rewound(taken_at: PointTag, generation: int) -> LateGradient:
+        return LateGradient(grpc.StatusCode.ABORTED,
+                            f"the job was rewound (generation {generation}) before this "
+                            f"gradient of step {taken_at.step} was taken; carry on")
 
     # --- the Train streams ---
 
-    def _open_stream(self, shard: _Shard) -> None:
-        shard.stream = _TrainStream(shard.train, self._transport.metadata(), self._rank,
-                                    self._cond, f"gnc-train-{shard.index}")
-        shard.state = _State.AWAIT_EVAL
-        shard.eval_next = 0
+    def _open_stream(self, shard: ShardLink) -> None:
+        shard.open_stream(self._transport.metadata(), wire.hello_request(self._rank, self._dtype),
+                          self._cond)
 
-    def _drive(self, waiting: Callable[[_Shard], bool], what: str) -> None:
-        """Handles the streams' messages until no shard is `waiting`, within
-        step_timeout. Waits on all of them at once: the stream of any waited-for shard
-        that ends ends the whole wait with its error, so a dead shard is reported at
-        once even when another shard can then never complete its step."""
+    def _close_streams(self) -> None:
+        for shard in self._shards:
+            shard.close_stream()
+        self._recovered = True
+
+    def _receive(self, flat: np.ndarray) -> Optional[_Failure]:
+        """One attempt to get every shard's next point into flat."""
+        for shard in self._shards:
+            if shard.pending is not None:
+                flat[shard.range.begin:shard.range.end] = shard.pending
+                shard.pending = None
+                continue
+            if shard.stream is None:
+                self._open_stream(shard)
+            shard.receive_into(flat, shard.range.begin)
+        failure = self._drive(self._shards, lambda s: s.state == StreamState.HAVE_EVAL)
+        for shard in self._shards:
+            shard.eval_out = None
+        return failure
+
+    def _push_again(self, flat: np.ndarray, num_samples: int):
+        """After the streams were closed: reads each shard's point anew; pushes the
+        gradient to the shards whose point is still the one it was taken at, keeps the
+        others' (newer) point for the next receive. Returns (failure, pushed)."""
+        pushed: list[ShardLink] = []
+        for shard in self._shards:
+            if shard.pending is None:
+                if shard.stream is None:
+                    self._open_stream(shard)
+                shard.receive_into(np.empty(shard.range.size, np.float32), 0)
+
+        def on_point(shard: ShardLink) -> None:
+            if shard.tag != self._point_tags[shard.index]:
+                shard.pending = shard.eval_out  # this shard moved on: the point is the next one
+            else:
+                shard.send_gradient(flat, num_samples, self._dtype)
+                pushed.append(shard)
+
+        failure = self._drive(
+            self._shards,
+            lambda s: s.pending is not None or (s in pushed and s.state != StreamState.AWAIT_ACK),
+            on_point)
+        return failure, pushed
+
+    def _drive(self, shards: Sequence[ShardLink], done: Callable[[ShardLink], bool],
+               on_point: Optional[Callable[[ShardLink], None]] = None) -> Optional[_Failure]:
+        """Handles the streams' messages until every one of `shards` is `done`, within
+        step_timeout; on_point is called for every evaluation point completed. Waits
+        on all of them at once: a stream that ends ends the whole wait, so a dead shard
+        is noticed at once even when another shard can then never complete its step.
+        A wait that fails closes every stream (the next call opens new ones)."""
         deadline = time.monotonic() + self._step_timeout
         while True:
-            pending = [s for s in self._shards if waiting(s)]
+            pending = [s for s in shards if not done(s)]
             if not pending:
-                return
+                return None
             shard, item = self._next_item(pending, deadline)
             if shard is None:
-                names = ", ".join(f"shard {s.index} ({s.address})" for s in pending)
-                raise self._named(pending[0], GncError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"no {what} within {self._step_timeout:g} s from {names}"))
-            if isinstance(item, _StreamEnd):
-                raise self._stream_failed(shard, item.error)
-            try:
-                self._handle(shard, item)
-            except GncError as e:
-                raise self._stream_failed(shard, e) from None
+                self._close_streams()
+                return _Failure(stalled=pending)
+            error = None
+            if isinstance(item, StreamEnd):
+                error = item.error or GncError(grpc.StatusCode.UNAVAILABLE,
+                                               "the server closed the Train stream")
+            else:
+                try:
+                    if shard.handle(item) and on_point is not None:
+                        on_point(shard)
+                except GncError as e:
+                    error = e
+            if error is not None:
+                if not isinstance(error, (GncError, grpc.RpcError)):
+                    error = GncError(grpc.StatusCode.DATA_LOSS, f"unreadable message: {error}")
+                self._close_streams()
+                return _Failure(error=named(shard, error))
 
-    def _next_item(self, pending: list[_Shard], deadline: float):
-        """The next item (message or _StreamEnd) of whichever pending shard has one,
+    def _next_item(self, pending: list[ShardLink], deadline: float):
+        """The next item (message or StreamEnd) of whichever pending shard has one,
         or (None, None) at the deadline."""
         with self._cond:
             while True:
@@ -467,115 +497,55 @@ class Client:
                     return None, None
                 self._cond.wait(remaining)
 
-    def _handle(self, shard: _Shard, response: gnc_pb2.TrainResponse) -> None:
-        """Applies one message of shard's stream. Raises GncError (DATA_LOSS) for a
-        message the protocol does not allow in the shard's state."""
-        kind = response.WhichOneof("kind")
-        if kind == "ack" and shard.state == _State.AWAIT_ACK:
-            ack = response.ack
-            code = status_code(ack.code)
-            if code in (grpc.StatusCode.OK, grpc.StatusCode.ABORTED):
-                shard.state = _State.AWAIT_EVAL
-            else:
-                shard.state = _State.HAVE_EVAL  # refused: the gradient may be sent again
-            if code == grpc.StatusCode.ABORTED:
-                shard.verdict = self._named(shard, LateGradient(code, ack.message))
-            elif code != grpc.StatusCode.OK:
-                shard.verdict = self._named(shard, GncError(code, ack.message))
-        elif kind == "eval_point" and shard.state == _State.AWAIT_EVAL:
-            self._take_eval_chunk(shard, response.eval_point)
-        else:
-            raise GncError(grpc.StatusCode.DATA_LOSS,
-                           f"unexpected {kind} message while in state {shard.state.name}")
+    def _points_consistent(self) -> bool:
+        first = self._shards[0].tag
+        if any(s.tag[:2] != first[:2] for s in self._shards):
+            return False
+        steps = [s.tag.step for s in self._shards]
+        return (self.job.job_id == 0 or first.job_id == self.job.job_id) and \
+            max(steps) - min(steps) <= 1
 
-    def _take_eval_chunk(self, shard: _Shard, point) -> None:
-        chunk = point.chunk
-        if chunk.offset == 0:  # a (re)start: the server moved on to a newer step
-            shard.eval_step = point.step
-            shard.eval_next = 0
-        if point.step != shard.eval_step or chunk.offset != shard.eval_next:
-            raise GncError(grpc.StatusCode.DATA_LOSS,
-                           f"evaluation point out of order at offset {chunk.offset}")
-        try:
-            payload = wire.Payload(chunk)
-        except ValueError as e:
-            raise GncError(grpc.StatusCode.DATA_LOSS, str(e)) from None
+    # --- unary calls ---
+
+    def _offer_to(self, shard: ShardLink, flat: np.ndarray, job_id: int) -> int:
+        """Offers shard its slice of flat under job_id; returns the shard's job id."""
+        def requests() -> Iterator[gnc_pb2.OfferParametersRequest]:
+            size = shard.range.size
+            for offset in range(0, size, wire.CHUNK_ELEMENTS):
+                count = min(wire.CHUNK_ELEMENTS, size - offset)
+                request = gnc_pb2.OfferParametersRequest(rank=self._rank, job_id=job_id)
+                request.chunk.offset = offset
+                request.chunk.last = offset + count == size
+                begin = shard.range.begin + offset
+                wire.encode(flat[begin:begin + count], gnc_pb2.FLOAT32, request.chunk)
+                yield request
+
+        response = shard.stub.OfferParameters(requests(), timeout=self._rpc_timeout,
+                                              metadata=self._transport.metadata())
+        shard.needs_parameters = False
+        return response.job_id
+
+    def _pull_one(self, shard: ShardLink, flat: np.ndarray, dtype: int):
+        """Pulls shard's slice of w into flat; returns the snapshot's PointTag."""
         size = shard.range.size
-        if shard.eval_next + payload.count > size:
-            raise GncError(grpc.StatusCode.DATA_LOSS, "evaluation point exceeds the shard")
-        begin = shard.range.begin + shard.eval_next
-        payload.decode(shard.eval_out[begin:begin + payload.count])
-        shard.eval_next += payload.count
-        if chunk.last:
-            if shard.eval_next != size:
-                raise GncError(grpc.StatusCode.DATA_LOSS, "evaluation point ended early")
-            shard.step = shard.eval_step
-            shard.eval_next = 0
-            shard.state = _State.HAVE_EVAL
-
-    def _stream_failed(self, shard: _Shard, error: Optional[BaseException]) -> GncError:
-        """The one place where a Train stream's failure is handled: the stream is
-        dropped (the next receive_eval_point opens a new one, and the shard then sends
-        its current point) and the error to raise, naming the shard, is returned."""
-        if shard.stream is not None:
-            shard.stream.close()
-            shard.stream = None
-        shard.state = _State.AWAIT_EVAL
-        shard.eval_next = 0
-        if error is None:
-            error = GncError(grpc.StatusCode.UNAVAILABLE, "the server closed the Train stream")
-        return self._named(shard, error)
+        next_offset, tag = 0, PointTag()
+        responses = shard.stub.PullParameters(
+            gnc_pb2.PullRequest(dtype=dtype), timeout=self._rpc_timeout,
+            metadata=self._transport.metadata())
+        for response in responses:
+            payload = wire.Payload(response.chunk)
+            if response.chunk.offset != next_offset or next_offset + payload.count > size:
+                responses.cancel()
+                raise GncError(grpc.StatusCode.DATA_LOSS, "parameter chunks out of order")
+            begin = shard.range.begin + next_offset
+            payload.decode(flat[begin:begin + payload.count])
+            next_offset += payload.count
+            tag = PointTag(response.job_id, response.generation, response.step)
+        if next_offset != size:
+            raise GncError(grpc.StatusCode.DATA_LOSS, "parameter pull ended early")
+        return tag
 
     # --- fan-out and errors ---
-
-    def _call_shard(self, shard: _Shard, fn: Callable[[_Shard], _T]) -> _T:
-        try:
-            return fn(shard)
-        except (GncError, grpc.RpcError, ValueError) as e:
-            raise self._named(shard, e) from None
-
-    def _for_each_shard(self, fn: Callable[[_Shard], object], shards: Sequence[_Shard]) -> None:
-        """Runs fn on every shard concurrently; raises the first shard's error (a real
-        one before a LateGradient, which callers treat as "carry on")."""
-        if not shards:
-            return
-        futures = [(s, self._pool.submit(self._call_shard, s, fn)) for s in shards]
-        # Every call inside has its own deadline; this bound only guards against a bug.
-        limit = self._connect_timeout + self._rpc_timeout + 30
-        done, _ = concurrent.futures.wait([f for _, f in futures], timeout=limit)
-        results = []
-        for shard, future in futures:
-            if future not in done:
-                results.append((shard, GncError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                                f"no answer within {limit:g} s")))
-            else:
-                results.append((shard, future.exception()))
-        self._raise_first(results)
-
-    def _raise_first(self, results: Sequence[tuple[_Shard, Optional[BaseException]]]) -> None:
-        late = None
-        for shard, error in results:
-            if error is None:
-                continue
-            if isinstance(error, LateGradient):
-                late = late or error
-                continue
-            raise self._named(shard, error)
-        if late is not None:
-            raise late
-
-    @staticmethod
-    def _named(shard: _Shard, error: BaseException) -> BaseException:
-        """error as a GncError naming shard (anything else is returned unchanged)."""
-        if isinstance(error, GncError):
-            if error.shard is not None:
-                return error
-            return type(error)(error.code, error.message, shard.index, shard.address)
-        if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
-            return GncError(error.code(), error.details() or "", shard.index, shard.address)
-        if isinstance(error, ValueError):
-            return GncError(grpc.StatusCode.DATA_LOSS, str(error), shard.index, shard.address)
-        return error
 
     # --- buffers ---
 
@@ -597,9 +567,3 @@ class Client:
         if out.size != self.num_elements:
             raise ValueError(f"{what} has {out.size} elements, layout has {self.num_elements}")
         return out.reshape(-1)
-
-    @staticmethod
-    def _chunk_spans(rng: ShardRange) -> Iterator[tuple[int, int]]:
-        """(offset, count) of the chunks covering a shard's range, in offset order."""
-        for offset in range(0, rng.size, wire.CHUNK_ELEMENTS):
-            yield offset, min(wire.CHUNK_ELEMENTS, rng.size - offset)

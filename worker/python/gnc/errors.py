@@ -25,8 +25,10 @@ class GncError(Exception):
         ABORTED late for the step, UNAVAILABLE the shard is draining or gone,
         DEADLINE_EXCEEDED no answer in time, ...).
       message: the shard's message (or the client's, for a local failure).
-      shard: the index of the shard it came from; None for a check made before any
-        shard was asked.
+      shard: the index of the shard it came from (for DEADLINE_EXCEEDED, the first
+        shard still waited for); None for a check made before any shard was asked, and
+        for a verdict on the whole job (FAILED_PRECONDITION: the shards cannot be
+        brought to one step; the message names each shard and its step).
       address: that shard's "host:port", or None.
     """
 
@@ -42,4 +44,5 @@ class GncError(Exception):
 
 class LateGradient(GncError):
     """ABORTED: a shard completed the step without this worker's gradient (a straggler
-    timeout). Not a failure: carry on, the next receive_eval_point has the new step."""
+    timeout), or the job was rewound meanwhile. Not a failure: carry on, the next
+    receive_eval_point has the step to work on."""

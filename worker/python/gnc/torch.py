@@ -9,7 +9,7 @@ w pulled into the model for evaluation.
         while worker.receive() < total_steps:       # x_k into the model
             model.zero_grad()
             loss_fn(model(inputs), targets).backward()
-            worker.push(len(inputs))                # False: late, carry on
+            worker.push(len(inputs))                # False: late or rewound, carry on
         worker.pull()                               # w into the model, to evaluate
 
 Only parameters travel (in named_parameters() order); buffers such as BatchNorm's
@@ -84,7 +84,8 @@ class ModelWorker:
         """Pushes the model's current gradients (taken at the point receive() loaded;
         a parameter without a gradient counts as zero) for num_samples samples.
         Returns True if every shard accepted it, False if it was late (the step
-        completed without it: carry on). Raises GncError for any other refusal."""
+        completed without it, or the job was rewound: carry on). Raises GncError for
+        any other refusal."""
         with torch.no_grad():
             for p, view in zip(self._params, self._g_views):
                 if p.grad is None:

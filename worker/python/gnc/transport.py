@@ -26,6 +26,11 @@ class Transport:
         self._options = [
             ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
+            # Reconnect quickly to a shard that restarts (gRPC's default backoff grows
+            # to 2 min), as the C++ client does.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ]
 
     def channel(self, address: str) -> grpc.Channel:
