@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,26 +63,51 @@ def main(argv: list[str]) -> None:
     unittest.main(module="__main__", argv=argv, verbosity=2)
 
 
-class ServerProcess:
-    """A real gnc-server child on 127.0.0.1 with a port it picked itself. Stopped
-    (SIGTERM, then SIGKILL) by stop(); every wait is bounded."""
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    def __init__(self, binary: str, flags: Sequence[str], start_timeout: float = 20.0):
+
+class ServerProcess:
+    """A real gnc-server child on 127.0.0.1, at `port` or at a port it picked itself.
+    Stopped (SIGTERM, then SIGKILL) by stop(); restart() starts it again with the same
+    flags at the same address (all runs log to log_path); every wait is bounded."""
+
+    def __init__(self, binary: str, flags: Sequence[str], start_timeout: float = 20.0,
+                 port: int = 0):
         self._dir = tempfile.TemporaryDirectory(prefix="gnc-pytest-")
-        port_file = Path(self._dir.name) / "port"
+        self._port_file = Path(self._dir.name) / "port"
         self.log_path = Path(self._dir.name) / "server.log"
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [binary, "--address=127.0.0.1", "--port=0", f"--port_file={port_file}", *flags],
-            stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + start_timeout
-        while not (port_file.exists() and port_file.read_text().strip()):
+        self._log = open(self.log_path, "ab")
+        self._argv = [binary, "--address=127.0.0.1", f"--port={port}",
+                      f"--port_file={self._port_file}", *flags]
+        self._start_timeout = start_timeout
+        self._start()
+
+    def _start(self) -> None:
+        self._port_file.unlink(missing_ok=True)
+        if self._log.closed:
+            self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self._argv, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self._start_timeout
+        while not (self._port_file.exists() and self._port_file.read_text().strip()):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"gnc-server {' '.join(flags)} did not start listening "
-                                   f"within {start_timeout:g} s:\n{self.log()}")
+                raise RuntimeError(f"{' '.join(self._argv)} did not start listening within "
+                                   f"{self._start_timeout:g} s:\n{self.log()}")
             time.sleep(0.02)
-        self.address = f"127.0.0.1:{port_file.read_text().strip()}"
+        self.address = f"127.0.0.1:{self._port_file.read_text().strip()}"
+
+    def restart(self) -> None:
+        """Starts the server again, same flags, same port; REQUIRES: it has exited."""
+        if self.process.poll() is None:
+            raise RuntimeError("restart() of a server that still runs")
+        address = self.address
+        self._start()
+        if self.address != address:
+            raise RuntimeError(f"restarted at {self.address}, not {address}")
 
     def log(self) -> str:
         self._log.flush()
@@ -110,15 +136,24 @@ class ServerProcess:
 
 
 def start_shards(test: unittest.TestCase, binary: str, num_shards: int, num_workers: int,
-                 flags: Sequence[str] = ()) -> list[ServerProcess]:
-    """Starts S shards of one job; the test case stops them when it ends."""
+                 flags: Sequence[str] = (), fixed_ports: bool = False) -> list[ServerProcess]:
+    """Starts S shards of one job; the test case stops them when it ends. With
+    fixed_ports each gets a free port chosen beforehand, so that it can restart()."""
     shards = []
     for s in range(num_shards):
         shard = ServerProcess(binary, [f"--shard_index={s}", f"--num_shards={num_shards}",
-                                       f"--num_workers={num_workers}", *flags])
+                                       f"--num_workers={num_workers}", *flags],
+                              port=free_port() if fixed_ports else 0)
         test.addCleanup(shard.cleanup)
         shards.append(shard)
     return shards
+
+
+def temp_dir(test: unittest.TestCase) -> str:
+    """A new empty folder that is removed when the test case ends."""
+    folder = tempfile.TemporaryDirectory(prefix="gnc-pytest-")
+    test.addCleanup(folder.cleanup)
+    return folder.name
 
 
 def bounded(seconds: float, what: str, fn: Callable[[], _T]) -> _T:
