@@ -3,7 +3,9 @@
 
 Rank k of K trains on the k-th contiguous slice of the 60 000 training images,
 reshuffled every epoch from --seed; each step's batch follows from (epoch, position),
-so a step skipped by a straggler timeout costs nothing but that step. The evaluating
+so a step skipped by a straggler timeout costs nothing but that step, and after a
+shard is restored from its checkpoint (the client rewinds the job and receive()
+returns the older step) the job resumes on the very batches it ran then. The evaluating
 worker (rank 0 unless --evaluate says otherwise) tests the job's unperturbed parameters
 on the 10 000 test images after every epoch and at the end, and prints
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gzip
+import logging
 import os
 import sys
 import time
@@ -119,7 +122,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: cores / K)")
     p.add_argument("--wire_dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--connect_timeout", type=float, default=60.0, help="seconds")
-    p.add_argument("--step_timeout", type=float, default=300.0, help="seconds")
+    p.add_argument("--reconnect_timeout", type=float, default=120.0,
+                   help="seconds to reconnect to a shard whose stream broke")
+    p.add_argument("--step_timeout", type=float, default=600.0,
+                   help="seconds without progress before giving up")
     p.add_argument("--progress_interval", type=float, default=5.0, help="seconds")
     args = p.parse_args(argv)
     if not 0 <= args.rank < args.num_workers:
@@ -153,6 +159,7 @@ def run(args: argparse.Namespace) -> None:
     with gnc.Client(servers, args.rank, args.num_workers, gnc.torch.layout_of(model),
                     local_batch_size=args.batch_size, wire_dtype=args.wire_dtype,
                     connect_timeout=args.connect_timeout,
+                    reconnect_timeout=args.reconnect_timeout,
                     step_timeout=args.step_timeout) as client:
         if client.job.total_steps and client.job.total_steps != total:
             raise ValueError(f"the servers run {client.job.total_steps} steps "
@@ -203,6 +210,9 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # The client logs its reconnects and rewinds.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
     try:
         run(args)
     except (gnc.GncError, ValueError, OSError) as e:
