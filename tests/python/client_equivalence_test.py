@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import threading
 import unittest
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,13 +105,8 @@ def run_python(job: Job, servers: list[str], wire_dtype: str, grads: np.ndarray)
         except BaseException as e:  # reported by the test
             errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(k)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(TIMEOUT_S)
-    if any(t.is_alive() for t in threads):
-        raise AssertionError(f"the Python clients did not finish within {TIMEOUT_S:g} s")
+    gnc_testlib.run_all([lambda r=r: worker(r) for r in range(k)], TIMEOUT_S,
+                        "the Python clients")
     if errors:
         raise errors[0]
     return Trajectory(points, w, w_bf16, point_dtypes)

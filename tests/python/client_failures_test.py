@@ -19,7 +19,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import unittest
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -89,14 +88,8 @@ def run_job(servers: list[str], before_push=lambda rank, step: None,
             **options) -> list[WorkerRun]:
     """K worker threads; returns their runs once every one has finished."""
     runs = [WorkerRun() for _ in range(K)]
-    threads = [threading.Thread(target=run_worker, args=(servers, r, runs[r], before_push),
-                                kwargs=options, daemon=True) for r in range(K)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(HANG_S)
-    if any(t.is_alive() for t in threads):
-        raise AssertionError(f"the Python workers did not finish within {HANG_S:g} s: they hung")
+    gnc_testlib.run_all([lambda r=r: run_worker(servers, r, runs[r], before_push, **options)
+                         for r in range(K)], HANG_S, "the Python workers")
     return runs
 
 

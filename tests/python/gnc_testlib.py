@@ -177,6 +177,19 @@ def bounded(seconds: float, what: str, fn: Callable[[], _T]) -> _T:
     return result.get("value")
 
 
+def run_all(fns: Sequence[Callable[[], None]], seconds: float, what: str) -> None:
+    """Runs every fn on a thread of its own, all at once; fails with
+    AssertionError("... hung") if any of them has not finished after `seconds`."""
+    threads = [threading.Thread(target=fn, daemon=True) for fn in fns]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + seconds
+    for t in threads:
+        t.join(max(deadline - time.monotonic(), 0))
+    if any(t.is_alive() for t in threads):
+        raise AssertionError(f"{what} did not finish within {seconds:g} s: they hung")
+
+
 def bf16_reference(x):
     """x rounded to bfloat16 (as float32 values), from first principles: of the two
     bfloat16 neighbours of x (truncated, and one unit further from zero), the nearer
