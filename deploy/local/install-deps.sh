@@ -17,7 +17,9 @@ packages=(
 )
 if [[ "${1:-}" == "--tests" ]]; then
   packages+=(libgtest-dev libgmock-dev libbenchmark-dev prometheus python3 nodejs npm
-    podman runc debootstrap libtorch-dev)
+    podman runc debootstrap libtorch-dev openmpi-bin libopenmpi-dev)
+  # The Python client's tests: gRPC, protobuf, numpy, PyTorch, pip (installing it).
+  packages+=(python3-grpcio python3-protobuf python3-numpy python3-torch python3-pip)
 fi
 
 missing=()

@@ -49,6 +49,12 @@
 #                           with --min_workers > 0, where the quorum can carry on)
 #   --server_arg FLAG       extra gnc-server flag (repeatable)
 #   --worker_arg FLAG       extra gnc-worker flag (repeatable; same as after --)
+#   --worker_cmd CMD        [WORKER_CMD=] start CMD (split at spaces) as each worker instead
+#                           of gnc-worker, e.g. "python3 examples/fashion_mnist_torch.py";
+#                           it gets --servers --rank --num_workers --batch_size --epochs
+#                           --steps --seed --train_limit --test_limit --data_dir and the
+#                           extra worker flags (no metrics port), with $BUILD_DIR/python
+#                           on PYTHONPATH (the gnc Python package)
 # OPENBLAS_NUM_THREADS defaults to 1 for the workers (K processes share the cores).
 set -uo pipefail
 
@@ -88,6 +94,7 @@ prometheus_pid=""
 holding=""
 server_extra=()
 worker_extra=()
+worker_cmd=${WORKER_CMD:-}
 
 while (($#)); do
   opt=$1
@@ -134,6 +141,7 @@ while (($#)); do
     --prometheus) prometheus_port=$val ;;
     --server_arg) server_extra+=("$val") ;;
     --worker_arg) worker_extra+=("$val") ;;
+    --worker_cmd) worker_cmd=$val ;;
     *) die_usage "unknown option $opt (see --help)" ;;
   esac
 done
@@ -151,7 +159,9 @@ done
 
 server_bin=${GNC_SERVER_BIN:-$build_dir/server/gnc-server}
 worker_bin=${GNC_WORKER_BIN:-$build_dir/worker/gnc-worker}
-for bin in "$server_bin" "$worker_bin"; do
+bins=("$server_bin")
+[[ -n $worker_cmd ]] || bins+=("$worker_bin")
+for bin in "${bins[@]}"; do
   [[ -x $bin ]] || die_usage "$bin not found or not executable (build it, or set --build_dir)"
 done
 
@@ -185,8 +195,20 @@ worker_flags=(
 # Flag errors are cheaper to find before anything runs.
 "$server_bin" "${server_flags[@]}" --shard_index=0 --check_config >/dev/null ||
   die_usage "gnc-server refuses these flags"
-"$worker_bin" "${worker_flags[@]}" --servers=127.0.0.1:1 --rank=0 --check_config >/dev/null ||
-  die_usage "gnc-worker refuses these flags"
+if [[ -z $worker_cmd ]]; then
+  "$worker_bin" "${worker_flags[@]}" --servers=127.0.0.1:1 --rank=0 --check_config >/dev/null ||
+    die_usage "gnc-worker refuses these flags"
+else
+  read -r -a worker_cmd_words <<<"$worker_cmd"
+  ((${#worker_cmd_words[@]})) || die_usage "--worker_cmd is empty"
+  worker_flags=(
+    --num_workers="$workers" --batch_size="$batch_size" --epochs="$epochs" --steps="$steps"
+    --seed="$seed" --train_limit="$train_limit" --test_limit="$test_limit" --data_dir="$data_dir"
+    "${worker_extra[@]}"
+  )
+  export PYTHONPATH="$(realpath -m "$build_dir/python")${PYTHONPATH:+:$PYTHONPATH}"
+  worker_metrics_port=0  # only gnc-worker serves metrics
+fi
 
 own_run_dir=""
 if [[ -z $run_dir ]]; then
@@ -314,7 +336,11 @@ fi
 for ((k = 0; k < workers; k++)); do
   extra=()
   ((worker_metrics_port > 0)) && extra+=(--metrics_port="${worker_metrics[k]}")
-  start "worker $k" "$worker_bin" "${worker_flags[@]}" --servers="$servers" --rank="$k" "${extra[@]}"
+  if [[ -n $worker_cmd ]]; then
+    start "worker $k" "${worker_cmd_words[@]}" "${worker_flags[@]}" --servers="$servers" --rank="$k"
+  else
+    start "worker $k" "$worker_bin" "${worker_flags[@]}" --servers="$servers" --rank="$k" "${extra[@]}"
+  fi
   worker_pids+=("$started_pid")
 done
 
