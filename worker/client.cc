@@ -74,13 +74,15 @@ bool Recoverable(const absl::Status& s) {
   }
 }
 
-// Unary: one async unary call's state, kept alive by gRPC's callback until it is done.
+// Reply: how one unary call on one shard ended.
 template <typename Resp>
-struct Unary {
-  grpc::ClientContext ctx;
-  Resp resp;
+struct Reply {
   absl::Status status;
+  Resp resp;
 };
+
+template <typename Resp>
+using AsyncReader = std::unique_ptr<grpc::ClientAsyncResponseReader<Resp>>;
 
 class GrpcGncClient final : public GncClient {
  public:
@@ -109,14 +111,15 @@ class GrpcGncClient final : public GncClient {
     bool timed_out = false;  // the operation ran past its timeout (all were cancelled)
   };
 
-  // CallAll: starts `start(shard, ctx, resp, done)` on every shard in `which` and
-  // waits for all to finish; each call gets `deadline` (and waits for a shard that
-  // is not up yet when wait_for_ready).
+  // CallAll: starts `start(shard, ctx, cq)` on every shard in `which` and waits for
+  // all to finish; each call gets `deadline` (and waits for a shard that is not up yet
+  // when wait_for_ready). The calls complete on this thread's completion queue, so
+  // gRPC is done with every one of them when CallAll returns.
   template <typename Resp>
-  std::vector<std::shared_ptr<Unary<Resp>>> CallAll(
+  std::vector<Reply<Resp>> CallAll(
       const std::vector<int>& which, absl::Time deadline, bool wait_for_ready,
-      const std::function<void(Shard&, grpc::ClientContext*, Resp*,
-                               std::function<void(grpc::Status)>)>& start);
+      const std::function<AsyncReader<Resp>(Shard&, grpc::ClientContext*,
+                                            grpc::CompletionQueue*)>& start);
   // JoinAll: Join on the shards in `which`; per-shard statuses.
   std::vector<absl::Status> JoinAll(const std::vector<int>& which, uint64_t config_hash,
                                     absl::Time deadline, JoinReply* first);
@@ -158,25 +161,37 @@ std::vector<int> GrpcGncClient::AllShards() const {
 }
 
 template <typename Resp>
-std::vector<std::shared_ptr<Unary<Resp>>> GrpcGncClient::CallAll(
+std::vector<Reply<Resp>> GrpcGncClient::CallAll(
     const std::vector<int>& which, absl::Time deadline, bool wait_for_ready,
-    const std::function<void(Shard&, grpc::ClientContext*, Resp*, std::function<void(grpc::Status)>)>&
+    const std::function<AsyncReader<Resp>(Shard&, grpc::ClientContext*, grpc::CompletionQueue*)>&
         start) {
-  auto group = std::make_shared<CallGroup>();
-  std::vector<std::shared_ptr<Unary<Resp>>> calls;
-  group->Begin(static_cast<int>(which.size()));
-  for (int i : which) {
-    auto call = std::make_shared<Unary<Resp>>();
-    call->ctx.set_deadline(absl::ToChronoTime(deadline));
-    call->ctx.set_wait_for_ready(wait_for_ready);
-    calls.push_back(call);
-    start(shards_[i], &call->ctx, &call->resp, [call, group](grpc::Status s) {
-      call->status = FromGrpcStatus(s);
-      group->End(false);
-    });
+  struct Call {
+    grpc::ClientContext ctx;
+    grpc::Status status;
+    Resp resp;
+  };
+  grpc::CompletionQueue cq;
+  std::vector<Call> calls(which.size());
+  for (size_t j = 0; j < which.size(); ++j) {
+    Call& call = calls[j];
+    call.ctx.set_deadline(absl::ToChronoTime(deadline));
+    call.ctx.set_wait_for_ready(wait_for_ready);
+    start(shards_[which[j]], &call.ctx, &cq)->Finish(&call.resp, &call.status, &call);
   }
-  group->WaitAll();
-  return calls;
+  // Every call ends by its deadline, so this wait does too.
+  void* tag = nullptr;
+  bool ok = false;
+  for (size_t j = 0; j < calls.size() && cq.Next(&tag, &ok); ++j) {
+  }
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  std::vector<Reply<Resp>> out(calls.size());
+  for (size_t j = 0; j < calls.size(); ++j) {
+    out[j].status = FromGrpcStatus(calls[j].status);
+    out[j].resp = std::move(calls[j].resp);
+  }
+  return out;
 }
 
 std::vector<absl::Status> GrpcGncClient::JoinAll(const std::vector<int>& which,
@@ -198,17 +213,16 @@ std::vector<absl::Status> GrpcGncClient::JoinAll(const std::vector<int>& which,
   size_t next = 0;
   auto calls = CallAll<v1::JoinResponse>(
       which, std::min(deadline, absl::Now() + kCallTimeout), /*wait_for_ready=*/true,
-      [&](Shard& shard, grpc::ClientContext* ctx, v1::JoinResponse* resp,
-          std::function<void(grpc::Status)> done) {
+      [&](Shard& shard, grpc::ClientContext* ctx, grpc::CompletionQueue* cq) {
         v1::JoinRequest& r = reqs[next++];
         r.set_shard_index(shard.index);
-        shard.stub->async()->Join(ctx, &r, resp, std::move(done));
+        return shard.stub->AsyncJoin(ctx, r, cq);
       });
   std::vector<absl::Status> out;
   for (size_t j = 0; j < which.size(); ++j) {
     Shard& shard = shards_[which[j]];
-    absl::Status s = calls[j]->status;
-    const v1::JoinResponse& resp = calls[j]->resp;
+    absl::Status s = calls[j].status;
+    const v1::JoinResponse& resp = calls[j].resp;
     if (s.ok()) {
       shard.range = ShardRange{resp.shard_begin(), resp.shard_end()};
       shard.needs_parameters = resp.needs_parameters();
@@ -233,18 +247,16 @@ std::vector<absl::Status> GrpcGncClient::JoinAll(const std::vector<int>& which,
 absl::Status GrpcGncClient::StallError(absl::string_view what) {
   auto calls = CallAll<v1::StatusResponse>(
       AllShards(), absl::Now() + absl::Seconds(5), /*wait_for_ready=*/false,
-      [](Shard& shard, grpc::ClientContext* ctx, v1::StatusResponse* resp,
-         std::function<void(grpc::Status)> done) {
-        static const v1::StatusRequest kRequest;
-        shard.stub->async()->GetStatus(ctx, &kRequest, resp, std::move(done));
+      [](Shard& shard, grpc::ClientContext* ctx, grpc::CompletionQueue* cq) {
+        return shard.stub->AsyncGetStatus(ctx, v1::StatusRequest(), cq);
       });
   std::vector<std::string> parts;
   for (size_t i = 0; i < shards_.size(); ++i) {
     const Shard& shard = shards_[i];
-    const v1::StatusResponse& resp = calls[i]->resp;
+    const v1::StatusResponse& resp = calls[i].resp;
     std::string who = absl::StrCat("shard ", shard.index, " (", shard.address, ")");
-    if (!calls[i]->status.ok()) {
-      parts.push_back(absl::StrCat(who, ": unreachable (", calls[i]->status.message(), ")"));
+    if (!calls[i].status.ok()) {
+      parts.push_back(absl::StrCat(who, ": unreachable (", calls[i].status.message(), ")"));
     } else if (resp.job().diverged()) {
       parts.push_back(absl::StrCat(who, ": diverged at step ", resp.step()));
     } else if (resp.waiting_for_ranks_size() == 0) {
@@ -324,14 +336,13 @@ absl::Status GrpcGncClient::Synchronize(absl::Time deadline, absl::Status cause)
     // Loading a checkpoint of a large shard takes a while: allow the whole budget.
     auto calls = CallAll<v1::JobState>(
         d.shards, std::max(deadline, absl::Now() + kCallTimeout), /*wait_for_ready=*/false,
-        [&](Shard& shard, grpc::ClientContext* ctx, v1::JobState* resp,
-            std::function<void(grpc::Status)> done) {
-          shard.stub->async()->Rewind(ctx, &req, resp, std::move(done));
+        [&](Shard& shard, grpc::ClientContext* ctx, grpc::CompletionQueue* cq) {
+          return shard.stub->AsyncRewind(ctx, req, cq);
         });
     for (size_t j = 0; j < calls.size(); ++j) {
-      if (calls[j]->status.ok()) continue;
+      if (calls[j].status.ok()) continue;
       // The shards moved on meanwhile (another client's rewind, a restart): look again.
-      if (absl::Status e = wait_or_fail(Named(shards_[d.shards[j]], calls[j]->status)); !e.ok()) {
+      if (absl::Status e = wait_or_fail(Named(shards_[d.shards[j]], calls[j].status)); !e.ok()) {
         return e;
       }
       break;
@@ -705,14 +716,13 @@ absl::Status GrpcGncClient::Leave() {
   req.set_rank(options_.rank);
   auto calls = CallAll<v1::LeaveResponse>(
       AllShards(), absl::Now() + kCallTimeout, /*wait_for_ready=*/false,
-      [&](Shard& shard, grpc::ClientContext* ctx, v1::LeaveResponse* resp,
-          std::function<void(grpc::Status)> done) {
-        shard.stub->async()->Leave(ctx, &req, resp, std::move(done));
+      [&](Shard& shard, grpc::ClientContext* ctx, grpc::CompletionQueue* cq) {
+        return shard.stub->AsyncLeave(ctx, req, cq);
       });
   CloseStreams();
   left_ = true;
   for (size_t i = 0; i < calls.size(); ++i) {
-    if (!calls[i]->status.ok()) return Named(shards_[i], calls[i]->status);
+    if (!calls[i].status.ok()) return Named(shards_[i], calls[i].status);
   }
   return absl::OkStatus();
 }

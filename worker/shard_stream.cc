@@ -66,8 +66,13 @@ bool ShardStream::broken() const {
 }
 
 void ShardStream::WaitDone() {
-  absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(&finished_));
+  {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&finished_));
+  }
+  // gRPC is done with the stream; letting go here, not in OnDone, keeps the
+  // ClientContext's end on the caller's thread, before the caller moves on (or exits).
+  self_.reset();
 }
 
 bool ShardStream::Begin() {
@@ -236,7 +241,6 @@ void ShardStream::Fail() {
 }
 
 void ShardStream::OnDone(const grpc::Status& s) {
-  std::shared_ptr<ShardStream> keep = std::move(self_);  // freed last, after the unlock
   bool complete;
   {
     absl::MutexLock lock(&mu_);
@@ -273,8 +277,11 @@ std::shared_ptr<PullCall> PullCall::Start(grpc::GenericStub* stub, std::span<flo
 }
 
 void PullCall::WaitDone() {
-  absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(&done_));
+  {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&done_));
+  }
+  self_.reset();  // as ShardStream::WaitDone
 }
 
 void PullCall::OnReadDone(bool ok) {
@@ -300,7 +307,6 @@ void PullCall::OnReadDone(bool ok) {
 }
 
 void PullCall::OnDone(const grpc::Status& s) {
-  std::shared_ptr<PullCall> keep = std::move(self_);  // freed last, after the unlock
   if (status_.ok()) status_ = FromGrpcStatus(s);
   if (status_.ok() && next_ != static_cast<int64_t>(dst_.size())) {
     status_ = absl::DataLossError("parameter pull ended early");

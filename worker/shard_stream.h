@@ -60,8 +60,9 @@ struct ShardTag {
 // ShardStream: one worker's Train stream to one shard.
 class ShardStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  // Start: opens the stream and sends the Hello. The stream lives until both the
-  // caller has let go of it and gRPC has (OnDone). REQUIRES: group outlives it.
+  // Start: opens the stream and sends the Hello. The caller must WaitDone (after a
+  // Cancel, or once the stream ended) before letting go of it; gRPC's hold ends there,
+  // on the caller's thread. REQUIRES: group outlives it.
   static std::shared_ptr<ShardStream> Start(grpc::GenericStub* stub, int rank, WireDType dtype,
                                             CallGroup* group);
 
@@ -74,7 +75,8 @@ class ShardStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc:
 
   // Cancel: ends the stream; the operation in flight fails and its End follows.
   void Cancel() { context_.TryCancel(); }
-  // WaitDone: until gRPC has let go of the stream (OnDone). Then it may be deleted.
+  // WaitDone: until gRPC has let go of the stream (OnDone); then drops gRPC's hold, so
+  // the caller's reference is the last.
   void WaitDone();
 
   const absl::Status& status() const { return status_; }
@@ -95,7 +97,7 @@ class ShardStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc:
   void Complete(absl::Status status);
   void Fail();  // the stream ended under an operation: its status follows in OnDone
 
-  std::shared_ptr<ShardStream> self_;  // gRPC's hold, released at the end of OnDone
+  std::shared_ptr<ShardStream> self_;  // gRPC's hold, released by WaitDone
   grpc::ClientContext context_;
   CallGroup* const group_;
   const WireDType dtype_;
@@ -147,7 +149,7 @@ class PullCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::By
  private:
   PullCall(std::span<float> dst, CallGroup* group) : group_(group), dst_(dst) {}
 
-  std::shared_ptr<PullCall> self_;  // gRPC's hold, released at the end of OnDone
+  std::shared_ptr<PullCall> self_;  // gRPC's hold, released by WaitDone
   grpc::ClientContext context_;
   CallGroup* const group_;
   const std::span<float> dst_;

@@ -4,7 +4,8 @@
 # IID_FILE names, the way the cluster would run it:
 # - every server and worker container with exactly the rendered image name's build,
 #   command, arguments, environment (ConfigMap, downward API), security context,
-#   resource limits and emptyDir volumes (tests/containers/pod-specs.mjs);
+#   resource limits, emptyDir volumes and claims (podman named volumes, removed at
+#   the end) (tests/containers/pod-specs.mjs);
 # - on a private podman network, the workers reaching the shards by the names the
 #   manifests use (gnc-server-<i>.gnc-server, as /etc/hosts entries);
 # - the job done when every worker exits 0; then the reaper's route: each server is
@@ -33,7 +34,14 @@ cleanup() {
   ids=$(podman ps -aq --filter "label=gnc.test.run=$run" 2>/dev/null || true)
   [[ -z $ids ]] || podman rm -f -t 0 $ids >/dev/null 2>&1 || true
   podman network rm -f "$run" >/dev/null 2>&1 || true
+  remove_volumes "$run"
   rm -rf "$work"
+}
+# remove_volumes RUN: the claims' volumes of a run.
+remove_volumes() {
+  local vols
+  vols=$(podman volume ls -q 2>/dev/null | grep "^$1-" || true)
+  [[ -z $vols ]] || podman volume rm -f $vols >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -45,10 +53,11 @@ for id in $(podman ps -aq --filter label=gnc.test=containers); do
     net=$(podman inspect --format '{{index .Config.Labels "gnc.test.run"}}' "$id")
     podman rm -f -t 0 "$id" >/dev/null
     podman network rm -f "$net" >/dev/null 2>&1 || true
+    remove_volumes "$net"
   fi
 done
 
-node "$src/tests/containers/pod-specs.mjs" "$overlay" "$work/plan"
+node "$src/tests/containers/pod-specs.mjs" "$overlay" "$work/plan" "$run"
 servers=() workers=() dns=()
 declare -A grace_of cpu_of memory_of
 while IFS=$'\t' read -r role pod name seconds cpu bytes; do
@@ -163,6 +172,13 @@ for pod in "${servers[@]}"; do
   ((code == 0)) || fail "server $pod exited with status $code after SIGTERM (137: killed after its grace period)"
   podman logs "$run-$pod" 2>&1 | grep -q "gnc-server stopped at step $total_steps\$" ||
     fail "server $pod did not report stopping at the job's last step $total_steps"
+  ! podman logs "$run-$pod" 2>&1 | grep -E "checkpoint.* failed|last checkpoint:" ||
+    fail "server $pod could not write a checkpoint to its claim"
+  # The claim (a podman volume here) holds the checkpoint of the last step.
+  claim=$(podman volume inspect --format '{{.Mountpoint}}' "$run-$pod-checkpoints") ||
+    fail "server $pod has no checkpoints volume"
+  compgen -G "$claim/shard-*-step-$total_steps.ckpt" >/dev/null ||
+    fail "server $pod left no checkpoint of step $total_steps in its claim: $(ls "$claim")"
 done
 
 final=$(podman logs "$run-${workers[0]}" 2>&1 | grep -o 'final test accuracy .*' | tail -n 1)
@@ -172,4 +188,4 @@ accuracy=$(awk '{print $4}' <<<"$final")
 awk -v a="$accuracy" 'BEGIN { exit !(a >= 0.75) }' ||
   fail "final test accuracy $accuracy is below 0.75: the job did not learn"
 echo "cpu-small job in containers: $final; workers done after ${train_s} s;" \
-  "servers drained on SIGTERM at step $total_steps"
+  "servers drained on SIGTERM at step $total_steps, its checkpoint in each server's claim"

@@ -38,6 +38,7 @@ const kTranslated = {
     "securityContext", "volumeMounts", "workingDir"],
   securityContext: ["runAsNonRoot", "runAsUser", "runAsGroup", "readOnlyRootFilesystem",
     "allowPrivilegeEscalation", "capabilities", "seccompProfile"],
+  podSecurityContext: ["runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "seccompProfile"],
 };
 
 // checkKnown: every key of `obj` (at `where`, a `kind` of object) is translated or
@@ -54,13 +55,15 @@ function checkKnown(where, kind, obj, known, notApplied = []) {
 }
 
 // podmanOptions: the podman run options for `container` of pod `podName`.
-function podmanOptions(podName, spec, container, env) {
+// A volumeClaimTemplates claim becomes the podman named volume <volumePrefix>-<pod>-<claim>:
+// it outlives the container as the claim outlives the pod.
+function podmanOptions(podName, spec, container, env, claims, volumePrefix) {
   const where = `${podName}/${container.name}`;
   checkKnown(where, "spec", spec, kTranslated.pod, kNotApplied.pod);
   checkKnown(where, "container", container, kTranslated.container, kNotApplied.container);
   const podSc = spec.securityContext ?? {};
   const sc = container.securityContext ?? {};
-  checkKnown(where, "spec.securityContext", podSc, kTranslated.securityContext);
+  checkKnown(where, "spec.securityContext", podSc, kTranslated.podSecurityContext);
   checkKnown(where, "securityContext", sc, kTranslated.securityContext);
   const pick = (key) => sc[key] ?? podSc[key];
 
@@ -78,6 +81,13 @@ function podmanOptions(podName, spec, container, env) {
   if (!Number.isInteger(uid)) throw new Error(`${where}: runAsUser is not set; the image's user would run`);
   if (pick("runAsNonRoot") && uid === 0) throw new Error(`${where}: runAsNonRoot with runAsUser 0`);
   opts.push(`--user=${uid}:${gid}`);
+  // fsGroup: the pod's processes are in the group, and a claim's volume is the group's
+  // (the kubelet chowns it; podman's U option chowns it to the user and group above).
+  const fsGroup = podSc.fsGroup;
+  if (fsGroup !== undefined) {
+    if (fsGroup !== gid) throw new Error(`${where}: fsGroup ${fsGroup} differs from runAsGroup ${gid}; only equal ones are translated`);
+    opts.push(`--group-add=${fsGroup}`);
+  }
   if (pick("readOnlyRootFilesystem")) opts.push("--read-only", "--read-only-tmpfs=false");
   if (sc.allowPrivilegeEscalation === false) opts.push("--security-opt=no-new-privileges");
   for (const cap of sc.capabilities?.drop ?? []) opts.push(`--cap-drop=${cap}`);
@@ -106,6 +116,14 @@ function podmanOptions(podName, spec, container, env) {
   // Volumes: emptyDir as a tmpfs of its size limit, world-writable like an emptyDir.
   for (const vm of container.volumeMounts ?? []) {
     checkKnown(where, "volumeMounts[]", vm, ["name", "mountPath", "readOnly"]);
+    const claim = claims.find((c) => c.metadata?.name === vm.name);
+    if (claim) {
+      checkKnown(where, "volumeClaimTemplates[]", claim, ["metadata", "spec"]);
+      checkKnown(where, "volumeClaimTemplates[].spec", claim.spec, ["accessModes", "resources", "storageClassName"]);
+      if (fsGroup === undefined) throw new Error(`${where}: claim ${vm.name} without an fsGroup is not writable by uid ${uid}`);
+      opts.push(`--mount=type=volume,source=${volumePrefix}-${podName}-${vm.name},destination=${vm.mountPath},U=true${vm.readOnly ? ",ro=true" : ""}`);
+      continue;
+    }
     const vol = (spec.volumes ?? []).find((v) => v.name === vm.name);
     if (!vol) throw new Error(`${where}: volumeMount ${vm.name} has no volume`);
     checkKnown(where, "spec.volumes[]", vol, ["name", "emptyDir"]);
@@ -118,8 +136,8 @@ function podmanOptions(podName, spec, container, env) {
 }
 
 async function main() {
-  const [overlay, out] = process.argv.slice(2);
-  if (!overlay || !out) throw new Error("usage: node pod-specs.mjs OVERLAY OUT_DIR");
+  const [overlay, out, volumePrefix = "gnc"] = process.argv.slice(2);
+  if (!overlay || !out) throw new Error("usage: node pod-specs.mjs OVERLAY OUT_DIR [VOLUME_PREFIX]");
   const objects = await loadYamlAll(kustomize(overlay));
   fs.mkdirSync(out, { recursive: true });
   const rows = [];
@@ -138,7 +156,8 @@ async function main() {
       // and <job>-<index> for an Indexed Job.
       const pod = `${owner.metadata.name}-${identity.index}`;
       const env = { ...containerEnv(objects, container, identity.fieldRefs), ...identity.env };
-      const { opts, cpu, memory } = podmanOptions(pod, template.spec, container, env);
+      const { opts, cpu, memory } = podmanOptions(pod, template.spec, container, env,
+        owner.spec.volumeClaimTemplates ?? [], volumePrefix);
       const args = (container.args ?? []).map((a) => expand(a, env));
       const unexpanded = [...container.command, ...(container.args ?? [])]
         .map((a) => expand(a, env))
