@@ -43,6 +43,11 @@ ABSL_FLAG(int, min_workers, 0,
 ABSL_FLAG(absl::Duration, straggler_timeout, absl::Seconds(30),
           "How long a step waits for late workers after its first gradient");
 ABSL_FLAG(std::string, mode, "gnc", "Smoothing mode: none, gnc or isotropic");
+ABSL_FLAG(std::string, gnc_noise, "previous",
+          "Noise timing: previous (perturb with the previous step's gradient noise, one pass "
+          "per step) or fresh (a first pass at w forms the noise, a second pass at the "
+          "perturbed points makes the update: two passes per step; every step count on the "
+          "wire and in metrics then counts passes)");
 ABSL_FLAG(double, gnc_scale, 1.0, "rho: scale of the GNC perturbation");
 ABSL_FLAG(double, max_perturbation_norm, 0.0, "Cap on ||delta_k|| per shard (0 = none)");
 ABSL_FLAG(double, lr, 0.1, "Peak learning rate");
@@ -95,6 +100,10 @@ absl::StatusOr<ShardOptions> OptionsFromFlags() {
   o.num_shards = absl::GetFlag(FLAGS_num_shards);
   o.shard_index = absl::GetFlag(FLAGS_shard_index);
   if (absl::Status s = ParseSmoothingMode(absl::GetFlag(FLAGS_mode), &o.mode); !s.ok()) return s;
+  if (absl::Status s = ParseNoiseTiming(absl::GetFlag(FLAGS_gnc_noise), &o.noise_timing);
+      !s.ok()) {
+    return s;
+  }
   o.gnc_scale = absl::GetFlag(FLAGS_gnc_scale);
   o.max_perturbation_norm = absl::GetFlag(FLAGS_max_perturbation_norm);
   o.momentum = absl::GetFlag(FLAGS_momentum);
@@ -202,8 +211,9 @@ absl::Status RunServer(const ShardOptions& options) {
   }
   LogInfo("gnc-server shard ", options.shard_index, "/", options.num_shards, " listening on ",
           absl::GetFlag(FLAGS_address), ":", bound_port, " (K=", options.num_workers,
-          ", mode=", SmoothingModeName(options.mode), ", device=", device_name,
-          ", config hash ", absl::Hex(options.ConfigHash()), ")");
+          ", mode=", SmoothingModeName(options.mode),
+          options.noise_timing == NoiseTiming::kFresh ? " with fresh noise" : "",
+          ", device=", device_name, ", config hash ", absl::Hex(options.ConfigHash()), ")");
 
   sigset_t signals;
   sigemptyset(&signals);

@@ -30,6 +30,9 @@ struct MergeParams {
   uint64_t seed = 1;
   int64_t noise_step = 0;              // step whose evaluation point delta is for
   int64_t global_offset = 0;           // global index of the shard's element 0
+  // False: a noise pass (fresh noise timing): w_out and v_out become copies of w and
+  // v, and the points are x_k = w + delta_k; lr then only scales delta.
+  bool apply_update = true;
 };
 
 // PointOut: where a contributor's next evaluation point x_k = w_out + delta_k goes,

@@ -82,16 +82,23 @@ GNC_CLONES void Pass1(const Pass1Args& a, size_t block_begin, size_t block_end) 
     float* wo = a.w_out + base;
     float* vo = a.v_out + base;
     float m = 0, bad = 0;
+    if (p.apply_update) {
 #pragma omp simd reduction(+ : m, bad)
-    for (size_t j = 0; j < len; ++j) {
-      const float gb = gbar[j];
-      m += gb * gb;
-      const float ge = gb + wd * wb[j];
-      const float vn = mu * vb[j] + ge;
-      const float wn = wb[j] - lr * (p.nesterov ? ge + mu * vn : vn);
-      vo[j] = vn;
-      wo[j] = wn;
-      bad += (wn - wn) + (vn - vn);  // 0 for finite values, NaN otherwise
+      for (size_t j = 0; j < len; ++j) {
+        const float gb = gbar[j];
+        m += gb * gb;
+        const float ge = gb + wd * wb[j];
+        const float vn = mu * vb[j] + ge;
+        const float wn = wb[j] - lr * (p.nesterov ? ge + mu * vn : vn);
+        vo[j] = vn;
+        wo[j] = wn;
+        bad += (wn - wn) + (vn - vn);  // 0 for finite values, NaN otherwise
+      }
+    } else {
+#pragma omp simd reduction(+ : m)
+      for (size_t j = 0; j < len; ++j) m += gbar[j] * gbar[j];
+      if (wo != wb) std::copy(wb, wb + len, wo);
+      if (vo != vb) std::copy(vb, vb + len, vo);
     }
     part[2 * a.num] = m;
     part[2 * a.num + 1] = bad;

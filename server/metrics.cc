@@ -213,7 +213,7 @@ void ShardMetrics::OnStep(const StepReport& r) {
   step_duration_.Observe(absl::ToDoubleSeconds(r.step_duration));
   merge_duration_.Observe(absl::ToDoubleSeconds(r.merge_duration));
   learning_rate_.Set(r.lr);
-  perturbation_sqnorm_.Set(r.stats.perturbation_sqnorm);
+  if (r.formed_points) perturbation_sqnorm_.Set(r.stats.perturbation_sqnorm);
   contributors_.Set(r.contributors);
   global_batch_.Set(r.total_samples);
   if (!worker_noise_.empty() && r.stats.noise_sqnorm.size() == r.ranks.size()) {

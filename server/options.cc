@@ -34,6 +34,22 @@ const char* SmoothingModeName(SmoothingMode mode) {
   return "?";
 }
 
+absl::Status ParseNoiseTiming(const std::string& text, NoiseTiming* timing) {
+  if (text == "previous") {
+    *timing = NoiseTiming::kPrevious;
+  } else if (text == "fresh") {
+    *timing = NoiseTiming::kFresh;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown noise timing '", text, "' (previous, fresh)"));
+  }
+  return absl::OkStatus();
+}
+
+const char* NoiseTimingName(NoiseTiming timing) {
+  return timing == NoiseTiming::kFresh ? "fresh" : "previous";
+}
+
 absl::Status ParseLrDecay(const std::string& text, LrDecay* decay) {
   if (text == "none") {
     *decay = LrDecay::kNone;
@@ -80,6 +96,9 @@ absl::Status ShardOptions::Validate() const {
     return bad("gnc_scale must be finite and >= 0, got ", gnc_scale);
   }
   if (!(max_perturbation_norm >= 0)) return bad("max_perturbation_norm must be >= 0");
+  if (noise_timing == NoiseTiming::kFresh && mode == SmoothingMode::kNone) {
+    return bad("gnc_noise=fresh needs mode gnc or isotropic (mode none has no noise to time)");
+  }
   if (!(momentum >= 0 && momentum < 1)) return bad("momentum must be in [0, 1), got ", momentum);
   if (!(weight_decay >= 0)) return bad("weight_decay must be >= 0, got ", weight_decay);
   if (!(lr.peak > 0) || !std::isfinite(lr.peak)) return bad("lr must be > 0, got ", lr.peak);
@@ -123,6 +142,7 @@ uint64_t ShardOptions::ConfigHash() const {
   h.AddDouble(lr.step_gamma);
   h.AddInt(static_cast<int64_t>(seed));
   if (max_gradient_norm > 0) h.AddDouble(max_gradient_norm);  // old hashes stay valid
+  if (noise_timing != NoiseTiming::kPrevious) h.AddInt(static_cast<int64_t>(noise_timing));
   return h.value();
 }
 

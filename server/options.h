@@ -13,10 +13,18 @@ namespace gnc {
 
 enum class SmoothingMode { kNone, kGnc, kIsotropic };
 enum class LrDecay { kNone, kStep, kCosine };
+// NoiseTiming: where a step's perturbation comes from. kPrevious (the default): the
+// previous step's gradient noise, one pass per step. kFresh: a first pass gathers every
+// worker's gradient at the unperturbed w, its noise forms the perturbations, and a
+// second pass merges the gradients taken at the perturbed points (two passes per step).
+enum class NoiseTiming { kPrevious, kFresh };
 
 // ParseSmoothingMode: "none" | "gnc" | "isotropic".
 absl::Status ParseSmoothingMode(const std::string& text, SmoothingMode* mode);
 const char* SmoothingModeName(SmoothingMode mode);
+// ParseNoiseTiming: "previous" | "fresh".
+absl::Status ParseNoiseTiming(const std::string& text, NoiseTiming* timing);
+const char* NoiseTimingName(NoiseTiming timing);
 // ParseLrDecay: "none" | "step" | "cosine".
 absl::Status ParseLrDecay(const std::string& text, LrDecay* decay);
 
@@ -43,6 +51,7 @@ struct ShardOptions {
   int num_shards = 1;           // S
   int shard_index = 0;
   SmoothingMode mode = SmoothingMode::kGnc;
+  NoiseTiming noise_timing = NoiseTiming::kPrevious;  // kFresh needs mode gnc or isotropic
   double gnc_scale = 1.0;                // rho
   double max_perturbation_norm = 0.0;    // cap on ||delta_k|| per shard; 0 = none
   double momentum = 0.9;
@@ -62,6 +71,12 @@ struct ShardOptions {
   absl::Duration stall_report_after = absl::Seconds(30);
 
   int EffectiveMinWorkers() const { return min_workers > 0 ? min_workers : num_workers; }
+  // PassesPerStep: rounds of gradients per optimizer step (2 with fresh noise). The
+  // step on the wire, in checkpoints and in metrics counts passes; the learning-rate
+  // schedule, total_steps and checkpoint_every count optimizer steps.
+  int64_t PassesPerStep() const { return noise_timing == NoiseTiming::kFresh ? 2 : 1; }
+  // TotalPasses: the job's length on the wire (0: not set).
+  int64_t TotalPasses() const { return lr.total_steps * PassesPerStep(); }
   // Validate: INVALID_ARGUMENT naming the bad setting.
   absl::Status Validate() const;
   // ConfigHash: stable hash of every job-wide setting (not shard_index, nor the

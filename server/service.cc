@@ -547,7 +547,7 @@ grpc::ServerUnaryReactor* ParameterShardService::Join(grpc::CallbackServerContex
   resp->set_step(info->job.step);
   JobStateToProto(info->job, resp->mutable_job());
   resp->set_mode(ModeToProto(core_->options().mode));
-  resp->set_total_steps(core_->options().lr.total_steps);
+  resp->set_total_steps(core_->options().TotalPasses());
   return Done(ctx, grpc::Status::OK);
 }
 
@@ -591,7 +591,7 @@ grpc::ServerUnaryReactor* ParameterShardService::GetStatus(grpc::CallbackServerC
   resp->set_config_hash(o.ConfigHash());
   resp->set_layout_hash(s.layout_hash);
   resp->set_learning_rate(s.lr);
-  resp->set_total_steps(o.lr.total_steps);
+  resp->set_total_steps(o.TotalPasses());
   resp->set_draining(s.draining);
   JobStateToProto(s.job, resp->mutable_job());
   for (int r : s.waiting_for) resp->add_waiting_for_ranks(r);

@@ -512,7 +512,10 @@ std::unique_ptr<ShardCore::MergeJob> ShardCore::PrepareMerge() {
   job->start = clock_();
   job->tag = Tag();
   const size_t d = state_.size();
-  const bool perturbed = options_.mode != SmoothingMode::kNone;
+  // With fresh noise only the noise pass forms perturbations; the update pass sends
+  // every worker the updated w.
+  const bool fresh = options_.noise_timing == NoiseTiming::kFresh;
+  const bool perturbed = options_.mode != SmoothingMode::kNone && (!fresh || NoisePass());
   for (size_t k = 0; k < workers_.size(); ++k) {
     const Worker& w = workers_[k];
     if (!w.committed) continue;
@@ -545,8 +548,9 @@ std::unique_ptr<ShardCore::MergeJob> ShardCore::PrepareMerge() {
     job->outs.push_back(out);
   }
   MergeParams& p = job->params;
-  p.mode = options_.mode;
-  p.lr = options_.lr.Rate(state_.step);
+  p.mode = perturbed ? options_.mode : SmoothingMode::kNone;
+  p.apply_update = !NoisePass();
+  p.lr = Rate();
   p.momentum = options_.momentum;
   p.nesterov = options_.nesterov;
   p.weight_decay = options_.weight_decay;
@@ -591,9 +595,12 @@ void ShardCore::FinishMerge(MergeJob& job, const absl::Status& status, Waiters* 
     }
   }
   for (Worker& w : workers_) w.committed = false;
-  state_.w = std::move(job.w_out);
-  state_.v = std::move(job.v_out);
+  if (job.params.apply_update) {
+    state_.w = std::move(job.w_out);
+    state_.v = std::move(job.v_out);
+  }
   StepReport report;
+  report.formed_points = job.params.mode != SmoothingMode::kNone;
   report.stats = std::move(job.stats);
   report.step = state_.step;
   report.contributors = static_cast<int>(job.inputs.ranks.size());
@@ -602,7 +609,9 @@ void ShardCore::FinishMerge(MergeJob& job, const absl::Status& status, Waiters* 
   report.lr = job.params.lr;
   report.ranks = job.inputs.ranks;
   for (float s : job.clip_scales) report.clipped += s != 1.0f ? 1 : 0;
+  // A noise pass changes no state, the EMAs included: its checkpoint is the step's.
   report.has_estimates =
+      job.params.apply_update &&
       NoiseEstimates(report.stats.mean_grad_sqnorm, report.stats.grad_sqnorm_mean,
                      report.mean_samples, report.total_samples, &report.g2, &report.trace);
   if (report.has_estimates) state_.noise.Add(report.g2, report.trace, options_.noise_ema);
@@ -615,7 +624,8 @@ void ShardCore::FinishMerge(MergeJob& job, const absl::Status& status, Waiters* 
   ++state_.step;
   deadline_ = absl::InfiniteFuture();
   publication_ = std::make_shared<const Publication>(Tag(), state_.w, std::move(points));
-  if (options_.checkpoint_every > 0 && state_.step % options_.checkpoint_every == 0) {
+  if (options_.checkpoint_every > 0 &&
+      state_.step % (options_.checkpoint_every * options_.PassesPerStep()) == 0) {
     Checkpoint();
   }
   if (observer_ != nullptr) observer_->OnStep(report);
@@ -663,7 +673,7 @@ ShardStatus ShardCore::GetStatus() const {
   s.draining = draining_;
   s.range = range_;
   s.layout_hash = state_.layout_hash;
-  s.lr = options_.lr.Rate(state_.step);
+  s.lr = Rate();
   s.job = JobInfo();
   s.waiting_for = WaitingFor();
   s.waited = s.waiting_for.empty() ? absl::ZeroDuration() : clock_() - step_began_;
@@ -691,7 +701,7 @@ bool ShardCore::Done() const {
     live += !w.finished && w.session != 0 ? 1 : 0;
   }
   if (finished == options_.num_workers) return true;
-  const int64_t total = options_.lr.total_steps;
+  const int64_t total = options_.TotalPasses();
   return finished > 0 && live == 0 && (total == 0 || state_.step >= total);
 }
 

@@ -62,7 +62,8 @@ struct JobStateInfo {
 
 // StepReport: what one completed step did, for metrics and logs.
 struct StepReport {
-  int64_t step = 0;             // the step that completed
+  int64_t step = 0;             // the step (with fresh noise: the pass) that completed
+  bool formed_points = false;   // it formed perturbations (stats.perturbation_sqnorm)
   int contributors = 0;         // gradients merged
   double total_samples = 0;     // B = sum n_k
   double mean_samples = 0;      // b = mean n_k
@@ -289,6 +290,20 @@ class ShardCore {
   absl::Status Refuse(Slot& slot, std::string_view reason, absl::Status status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(slot.mu);
   PointTag Tag() const ABSL_SHARED_LOCKS_REQUIRED(mu_) { return {state_.job, state_.step}; }
+  // With fresh noise a step has two passes (state_.step counts passes): the noise pass
+  // (even) forms the perturbations from gradients at w and leaves w, v and the noise
+  // EMAs alone; the update pass (odd) merges the gradients taken at the perturbed
+  // points. StepStart: the pass at which the current optimizer step began, whose
+  // state (w, v, EMAs) is the current one.
+  bool NoisePass() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return options_.noise_timing == NoiseTiming::kFresh && state_.step % 2 == 0;
+  }
+  int64_t StepStart() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return state_.step - state_.step % options_.PassesPerStep();
+  }
+  double Rate() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return options_.lr.Rate(state_.step / options_.PassesPerStep());
+  }
   JobStateInfo JobInfo() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status DivergedError() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   int Quorum() const ABSL_SHARED_LOCKS_REQUIRED(mu_);

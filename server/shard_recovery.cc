@@ -18,10 +18,12 @@ JobStateInfo ShardCore::JobInfo() const {
   info.diverged = diverged_;
   info.restored = restored_;
   if (initialized_) {
-    info.rewind_steps.push_back(state_.step);
+    // Mid-step (after a noise pass) the shard can go back to the step's start in
+    // memory: nothing but the perturbations changed.
+    info.rewind_steps.push_back(StepStart());
     if (checkpoints_ != nullptr) {
       for (const CheckpointInfo& c : checkpoints_->Candidates()) {
-        if (c.job.job_id == state_.job.job_id && c.step < state_.step &&
+        if (c.job.job_id == state_.job.job_id && c.step < StepStart() &&
             c.layout_hash == state_.layout_hash) {
           info.rewind_steps.push_back(c.step);
         }
@@ -118,10 +120,10 @@ absl::StatusOr<JobStateInfo> ShardCore::Rewind(uint64_t job_id, int64_t step,
                                                         absl::Hex(state_.job.job_id)));
     }
     if (generation <= state_.job.generation) return JobInfo();  // done already: a no-op
-    if (step != state_.step) {
+    if (step != StepStart()) {
       if (checkpoints_ != nullptr) {
         for (const CheckpointInfo& c : checkpoints_->Candidates()) {
-          if (c.job.job_id == job_id && c.step == step && c.step < state_.step &&
+          if (c.job.job_id == job_id && c.step == step && c.step < StepStart() &&
               c.layout_hash == state_.layout_hash) {
             source = c;
             break;
@@ -162,10 +164,12 @@ absl::StatusOr<JobStateInfo> ShardCore::Rewind(uint64_t job_id, int64_t step,
       state_.v = std::move(loaded->v);
       state_.noise = loaded->noise;
       state_.step = loaded->step;
-    } else if (step != state_.step) {
+    } else if (step != StepStart()) {
       return absl::FailedPreconditionError(absl::StrCat("shard ", options_.shard_index,
                                                         " moved to step ", state_.step,
                                                         " while rewinding; ask again"));
+    } else {
+      state_.step = step;  // back to the start of a fresh-noise step: w and v are its own
     }
     const int64_t old_generation = state_.job.generation;
     state_.job.generation = generation;
@@ -196,11 +200,13 @@ void ShardCore::ResetStep() {
 
 void ShardCore::Checkpoint() {
   if (checkpoints_ == nullptr || !initialized_ || diverged_) return;
-  if (checkpointed_step_ == state_.step) return;
-  checkpointed_step_ = state_.step;
+  if (checkpointed_step_ == StepStart()) return;
+  checkpointed_step_ = StepStart();
   // The snapshot shares w and v, which nobody changes: a checkpoint copies nothing
-  // while the step waits.
-  checkpoints_->WriteAsync(std::make_shared<const ShardState>(state_));
+  // while the step waits. Mid-step (fresh noise) it is the state of the step's start.
+  auto snapshot = std::make_shared<ShardState>(state_);
+  snapshot->step = StepStart();
+  checkpoints_->WriteAsync(std::move(snapshot));
 }
 
 }  // namespace gnc

@@ -262,8 +262,10 @@ absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs
   }
 
   std::vector<cuda::DeviceToHost> down;
-  down.push_back({w_.data(), w_out.data(), d * sizeof(float)});
-  down.push_back({v_.data(), v_out.data(), d * sizeof(float)});
+  if (p.apply_update) {
+    down.push_back({w_.data(), w_out.data(), d * sizeof(float)});
+    down.push_back({v_.data(), v_out.data(), d * sizeof(float)});
+  }
   const bool write_points = p.mode != SmoothingMode::kNone && !points.empty();
   if (write_points) {
     delta_host_.resize(num * d);
@@ -272,6 +274,12 @@ absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs
     }
   }
   GNC_RETURN_IF_ERROR(stager_->Download(down));
+  if (!p.apply_update) {
+    // A noise pass: the kernel's update stays on the device (it is overwritten by the
+    // next upload); w_out and v_out are w and v, and the points are formed from w.
+    if (w_out.data() != w.data()) std::copy(w.begin(), w.end(), w_out.begin());
+    if (v_out.data() != v.data()) std::copy(v.begin(), v.end(), v_out.begin());
+  }
   stats->finite = FindNonFinite(w_out) < 0 && FindNonFinite(v_out) < 0;
   // The points x_k = w + delta_k in each worker's encoding, as the CPU rounds them.
   // (Formed on the host: a device pass writing them straight into pinned buffers is

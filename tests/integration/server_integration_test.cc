@@ -1,6 +1,7 @@
 // Real gnc-server processes (S = 2) on 127.0.0.1 driven by K = 3 scripted clients
 // through the client library. Every evaluation point a client receives is checked
 // against a double-precision reference of DESIGN section 1 computed in the test.
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <thread>
@@ -52,11 +53,18 @@ double Bf16(double x) { return Bf16ToFloat(FloatToBf16(static_cast<float>(x))); 
 
 // Reference: per shard, exactly the math of DESIGN section 1, in double. With bf16 on
 // the wire, the workers see their points and the shards their gradients rounded to
-// bfloat16; the state stays exact.
+// bfloat16; the state stays exact. A mode "<mode>-fresh" is that mode with the fresh
+// noise timing: step t on the wire is a pass; even passes (at w) only form the deltas
+// for the next pass, with the learning rate of optimizer step t / 2; odd passes (at the
+// perturbed points) update w and v and perturb nothing.
 class Reference {
  public:
   explicit Reference(const std::string& mode, bool bf16 = false)
-      : mode_(mode), bf16_(bf16), w_(kElements), v_(kElements, 0.0) {
+      : mode_(mode.substr(0, mode.find('-'))),
+        fresh_(mode.ends_with("-fresh")),
+        bf16_(bf16),
+        w_(kElements),
+        v_(kElements, 0.0) {
     for (int64_t i = 0; i < kElements; ++i) w_[i] = InitialValue(i);
     for (int k = 0; k < kWorkers; ++k) delta_[k] = std::vector<double>(kElements, 0.0);
   }
@@ -76,7 +84,9 @@ class Reference {
     for (int k : contributors) total += Samples(k);
     std::map<int, std::vector<double>> next;
     for (int k = 0; k < kWorkers; ++k) next[k] = std::vector<double>(kElements, 0.0);
-    const double lr = Lr(t);
+    const bool update = !fresh_ || t % 2 == 1;
+    const bool perturb = !fresh_ || t % 2 == 0;
+    const double lr = Lr(fresh_ ? t / 2 : t);
     for (int s = 0; s < kShards; ++s) {
       const ShardRange r = ShardRangeFor(kElements, kShards, s);
       std::vector<double> gbar(r.size(), 0.0);
@@ -88,17 +98,17 @@ class Reference {
         for (int64_t i = r.begin; i < r.end; ++i) {
           const double e = g[k][i] - gbar[i - r.begin];
           noise += e * e / contributors.size();
-          if (mode_ == "gnc") next[k][i] = -kRho * lr * e;
+          if (mode_ == "gnc" && perturb) next[k][i] = -kRho * lr * e;
         }
       }
-      if (mode_ == "isotropic") {
+      if (mode_ == "isotropic" && perturb) {
         const double sigma = std::sqrt(kRho * kRho * lr * lr * noise / r.size());
         for (int k : contributors) {
           const uint64_t key = NoiseKey(kSeed, t + 1, k);
           for (int64_t i = r.begin; i < r.end; ++i) next[k][i] = sigma * StandardNormal(key, i);
         }
       }
-      for (int64_t i = r.begin; i < r.end; ++i) {
+      for (int64_t i = r.begin; i < r.end && update; ++i) {
         const double ge = gbar[i - r.begin] + kWeightDecay * w_[i];
         v_[i] = kMomentum * v_[i] + ge;
         w_[i] -= lr * v_[i];
@@ -109,6 +119,7 @@ class Reference {
 
  private:
   std::string mode_;
+  bool fresh_;
   bool bf16_;
   std::vector<double> w_, v_;
   std::map<int, std::vector<double>> delta_;
@@ -124,7 +135,9 @@ struct Received {
 std::vector<std::string> ServerFlags(const std::string& mode, int shard, int min_workers) {
   return {absl::StrCat("--shard_index=", shard), absl::StrCat("--num_shards=", kShards),
           absl::StrCat("--num_workers=", kWorkers), absl::StrCat("--min_workers=", min_workers),
-          "--mode=" + mode, absl::StrCat("--gnc_scale=", kRho), absl::StrCat("--lr=", kLrPeak),
+          "--mode=" + mode.substr(0, mode.find('-')),
+          mode.ends_with("-fresh") ? "--gnc_noise=fresh" : "--gnc_noise=previous",
+          absl::StrCat("--gnc_scale=", kRho), absl::StrCat("--lr=", kLrPeak),
           absl::StrCat("--warmup_steps=", kWarmup), absl::StrCat("--momentum=", kMomentum),
           absl::StrCat("--weight_decay=", kWeightDecay), absl::StrCat("--seed=", kSeed),
           "--straggler_timeout=2s", "--metrics_port=0"};
@@ -237,7 +250,13 @@ TEST_P(ServerIntegrationTest, EveryEvaluationPointMatchesReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, ServerIntegrationTest,
-                         ::testing::Values("none", "gnc", "isotropic"));
+                         ::testing::Values("none", "gnc", "isotropic", "gnc-fresh",
+                                           "isotropic-fresh"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 TEST(ServerIntegrationBf16Test, PointsAndGradientsInBfloat16MatchTheRoundedReference) {
   for (const char* mode : {"none", "gnc"}) {

@@ -92,6 +92,27 @@ TEST(MergeCpuTest, HandComputedTwoWorkers) {
   EXPECT_FLOAT_EQ(1 * (o.x[0][0] - o.w[0]) + 3 * (o.x[1][0] - o.w[0]), 0.0f);
 }
 
+TEST(MergeCpuTest, NoisePassLeavesWAndVAndPerturbsW) {
+  // The hand-computed case above as a noise pass (fresh noise timing): no update, and
+  // the points are w + delta with the same deltas.
+  MergeParams p;
+  p.mode = SmoothingMode::kGnc;
+  p.lr = 0.5;
+  p.momentum = 0.9;
+  p.apply_update = false;
+  Outcome o = RunMerge(p, {{4.0f, -2.0f}, {0.0f, 2.0f}}, {1.0, 3.0}, {1.0f, 1.0f}, {0.25f, 0});
+  ASSERT_TRUE(o.status.ok()) << o.status;
+  EXPECT_TRUE(Same(o.w, std::vector<float>{1.0f, 1.0f}));
+  EXPECT_TRUE(Same(o.v, std::vector<float>{0.25f, 0.0f}));
+  EXPECT_FLOAT_EQ(o.x[0][0], 1.0f - 1.5f);
+  EXPECT_FLOAT_EQ(o.x[0][1], 1.0f + 1.5f);
+  EXPECT_FLOAT_EQ(o.x[1][0], 1.0f + 0.5f);
+  EXPECT_FLOAT_EQ(o.x[1][1], 1.0f - 0.5f);
+  EXPECT_DOUBLE_EQ(o.stats.mean_grad_sqnorm, 2.0);
+  EXPECT_DOUBLE_EQ(o.stats.noise_sqnorm_mean, 10.0);
+  EXPECT_TRUE(o.stats.finite);
+}
+
 TEST(MergeCpuTest, NonFiniteUpdateIsReported) {
   MergeParams p;
   p.mode = SmoothingMode::kNone;

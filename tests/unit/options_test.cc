@@ -67,6 +67,25 @@ TEST(ShardOptionsTest, ConfigHashCoversJobSettingsButNotShardIndex) {
   b = a;
   b.lr.peak = 0.2;
   EXPECT_NE(a.ConfigHash(), b.ConfigHash());
+  b = a;
+  b.noise_timing = NoiseTiming::kFresh;
+  EXPECT_NE(a.ConfigHash(), b.ConfigHash());
+}
+
+TEST(ShardOptionsTest, FreshNoiseTakesTwoPassesPerStepAndNeedsNoise) {
+  NoiseTiming t;
+  EXPECT_FALSE(ParseNoiseTiming("later", &t).ok());
+  ASSERT_TRUE(ParseNoiseTiming("fresh", &t).ok());
+  ShardOptions o;
+  o.noise_timing = t;
+  o.lr.total_steps = 50;
+  EXPECT_EQ(o.PassesPerStep(), 2);
+  EXPECT_EQ(o.TotalPasses(), 100);
+  EXPECT_TRUE(o.Validate().ok());
+  o.mode = SmoothingMode::kNone;
+  const absl::Status s = o.Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("gnc_noise=fresh"), std::string::npos) << s;
 }
 
 }  // namespace

@@ -315,6 +315,47 @@ class WaitRecorder : public ShardObserver {
   absl::Duration last_waited;
 };
 
+TEST(ShardRecoveryTest, FreshNoiseCheckpointsAndRewindsOnlyToAStepsStart) {
+  TempDir dir;
+  const int64_t n = 6;
+  ShardOptions o = ThreeWorkers(SmoothingMode::kGnc);
+  o.noise_timing = NoiseTiming::kFresh;
+  o.checkpoint_every = 1;  // optimizer steps: every second pass
+  auto store = OpenStore(dir.path(), o, /*keep=*/4);
+  Harness h(o, n, nullptr, store.get());
+  h.JoinAll({1, 2, 3, 4, 5, 6});
+  const std::vector<float> w0 = W(h);
+  // Pass 0 (noise): w stays, every worker gets its own perturbed point.
+  Step(h, 0, n);
+  ASSERT_TRUE(store->Flush(absl::Seconds(30)).ok());
+  EXPECT_TRUE(BitIdentical(W(h), w0));
+  EXPECT_FALSE(BitIdentical(h.EvalPoint(0, 1), w0));
+  EXPECT_FALSE(BitIdentical(h.EvalPoint(0, 1), h.EvalPoint(1, 1)));
+  // Mid-step the shard offers the step's start, in memory, and no checkpoint of pass 1.
+  EXPECT_EQ(h.core().GetStatus().job.rewind_steps, (std::vector<int64_t>{0}));
+  // Pass 1 (update): w moves; every worker gets the same unperturbed w.
+  Step(h, 1, n);
+  ASSERT_TRUE(store->Flush(absl::Seconds(30)).ok());
+  const std::vector<float> w2 = W(h);
+  EXPECT_FALSE(BitIdentical(w2, w0));
+  for (int r = 0; r < 3; ++r) EXPECT_TRUE(BitIdentical(h.EvalPoint(r, 2), w2));
+  EXPECT_EQ(h.core().GetStatus().job.rewind_steps, (std::vector<int64_t>{2, 0}));
+  // After the next noise pass a rewind to pass 2 is in memory and exact; a drain's
+  // checkpoint mid-step is that of pass 2.
+  Step(h, 2, n);
+  EXPECT_EQ(h.core().Rewind(kJob, 3, 1).status().code(), absl::StatusCode::kFailedPrecondition);
+  absl::StatusOr<JobStateInfo> r = h.core().Rewind(kJob, 2, 1);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->step, 2);
+  EXPECT_TRUE(BitIdentical(W(h), w2));
+  for (int rank = 0; rank < 3; ++rank) EXPECT_TRUE(BitIdentical(h.EvalPoint(rank, 2), w2));
+  Step(h, 2, n);
+  EXPECT_EQ(h.Step(), 3);
+  h.core().Drain();
+  ASSERT_TRUE(store->Flush(absl::Seconds(30)).ok());
+  for (const CheckpointInfo& c : store->Candidates()) EXPECT_EQ(c.step % 2, 0) << c.path;
+}
+
 TEST(ShardRecoveryTest, StalledStepNamesTheRanksItWaitsFor) {
   FakeClock clock;
   WaitRecorder recorder;
