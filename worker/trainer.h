@@ -1,12 +1,14 @@
-// Trainer: the built-in gnc-worker training loop (ReLU MLP on an IDX data set) as a
-// library, driven through the GncClient and ComputeBackend interfaces so that tests
+// Trainer: the built-in gnc-worker training loop (a built-in model on an IDX data
+// set) as a library, driven through the GncClient and Model interfaces so that tests
 // can run it against fakes.
 //
 // One step: ReceiveEvalPoint(x) -> stop once step >= total -> gradient at x on the
 // step's minibatch -> PushGradient (ABORTED = late: counted, training goes on). The
 // minibatch of step t is batch t % steps_per_epoch of epoch t / steps_per_epoch, so
 // a worker that was skipped stays aligned with the job. The evaluating worker pulls
-// the unperturbed w at every epoch boundary and at the end and tests it.
+// the unperturbed w at every epoch boundary and at the end and tests it, printing
+// the mean training loss of its steps in that epoch (taken at its evaluation points)
+// beside the test figures.
 //
 // Thread-compatible: one thread runs a Trainer.
 #ifndef GNC_WORKER_TRAINER_H_
@@ -23,8 +25,8 @@
 #include "absl/time/time.h"
 #include "common/layout.h"
 #include "worker/client.h"
-#include "worker/compute_backend.h"
 #include "worker/idx_reader.h"
+#include "worker/model.h"
 
 namespace gnc {
 
@@ -40,6 +42,9 @@ struct TrainerOptions {
   uint64_t seed = 1;      // w0 and the per-epoch shuffles
   bool evaluate = false;  // this worker tests w at epoch boundaries and at the end
   absl::Duration progress_interval = absl::Seconds(5);
+  // Non-empty: after training, write the unperturbed w pulled from the servers here
+  // as raw little-endian float32 in layout order (temporary file, then rename).
+  std::string save_params;
 };
 
 // TrainPlan: this rank's slice of the training set and the job length.
@@ -72,8 +77,12 @@ struct TestResult {
   double accuracy = 0;
   double loss = 0;
 };
-absl::StatusOr<TestResult> TestParameters(ComputeBackend& backend, const MlpShape& shape,
-                                          std::span<const float> params, const Dataset& data);
+absl::StatusOr<TestResult> TestParameters(Model& model, std::span<const float> params,
+                                          const Dataset& data);
+
+// WriteParameters: `params` as raw little-endian float32 to `path`, through a
+// temporary file renamed into place. INTERNAL naming the path on an I/O error.
+absl::Status WriteParameters(const std::string& path, std::span<const float> params);
 
 class Trainer {
  public:
@@ -81,11 +90,10 @@ class Trainer {
   using PrintFn = std::function<void(std::string_view line)>;
 
   // REQUIRES: every pointer outlives the Trainer; train holds this rank's slice
-  // (plan.slice_size examples of shape.widths[0] features); test is non-null when
+  // (plan.slice_size examples of model->InputSize() features); test is non-null when
   // options.evaluate; metrics may be null; print null = stdout, flushed per line.
-  Trainer(TrainerOptions options, TrainPlan plan, MlpShape shape, ComputeBackend* backend,
-          const Dataset* train, const Dataset* test, WorkerMetrics* metrics,
-          PrintFn print = nullptr);
+  Trainer(TrainerOptions options, TrainPlan plan, Model* model, const Dataset* train,
+          const Dataset* test, WorkerMetrics* metrics, PrintFn print = nullptr);
 
   // Run: trains until the job's step reaches plan.total_steps, then leaves.
   // Errors: FAILED_PRECONDITION when the servers fix a different total_steps;
@@ -99,8 +107,7 @@ class Trainer {
 
   const TrainerOptions options_;
   const TrainPlan plan_;
-  const MlpShape shape_;
-  ComputeBackend* const backend_;
+  Model* const model_;
   const Dataset* const train_;
   const Dataset* const test_;
   WorkerMetrics* const metrics_;

@@ -23,7 +23,10 @@
 #   --gnc_scale X           [GNC_SCALE=1]
 #   --min_workers N         [MIN_WORKERS=0] quorum after the straggler timeout (0 = all)
 #   --straggler_timeout D   [STRAGGLER_TIMEOUT=30s]
-#   --hidden W,W            [HIDDEN=256,128]
+#   --model M               [MODEL=mlp]     mlp | cnn (gnc-worker --model)
+#   --hidden W,W            [HIDDEN=256,128] the MLP's hidden widths
+#   --save_params PATH      [SAVE_PARAMS=]  worker 0 writes the final unperturbed w here
+#                           (raw little-endian float32, gnc-worker --save_params)
 #   --seed N                [SEED=1]
 #   --train_limit N         [TRAIN_LIMIT=0] use the first N training images (0 = all)
 #   --test_limit N          [TEST_LIMIT=0]
@@ -69,7 +72,9 @@ weight_decay=${WEIGHT_DECAY:-0}
 gnc_scale=${GNC_SCALE:-1}
 min_workers=${MIN_WORKERS:-0}
 straggler_timeout=${STRAGGLER_TIMEOUT:-30s}
+model=${MODEL:-mlp}
 hidden=${HIDDEN:-256,128}
+save_params=${SAVE_PARAMS:-}
 seed=${SEED:-1}
 train_limit=${TRAIN_LIMIT:-0}
 test_limit=${TEST_LIMIT:-0}
@@ -119,7 +124,9 @@ while (($#)); do
     --gnc_scale) gnc_scale=$val ;;
     --min_workers) min_workers=$val ;;
     --straggler_timeout) straggler_timeout=$val ;;
+    --model) model=$val ;;
     --hidden) hidden=$val ;;
+    --save_params) save_params=$val ;;
     --seed) seed=$val ;;
     --train_limit) train_limit=$val ;;
     --test_limit) test_limit=$val ;;
@@ -176,7 +183,7 @@ server_flags=(
 )
 worker_flags=(
   --num_workers="$workers" --batch_size="$batch_size" --epochs="$epochs" --steps="$steps"
-  --hidden="$hidden" --seed="$seed" --train_limit="$train_limit" --test_limit="$test_limit"
+  --model="$model" --hidden="$hidden" --seed="$seed" --train_limit="$train_limit" --test_limit="$test_limit"
   --data_dir="$data_dir" --progress_interval="$progress_interval" --device="$device"
   --metrics_address=127.0.0.1
   "${worker_extra[@]}"
@@ -314,6 +321,7 @@ fi
 for ((k = 0; k < workers; k++)); do
   extra=()
   ((worker_metrics_port > 0)) && extra+=(--metrics_port="${worker_metrics[k]}")
+  ((k == 0)) && [[ -n $save_params ]] && extra+=(--save_params="$save_params")
   start "worker $k" "$worker_bin" "${worker_flags[@]}" --servers="$servers" --rank="$k" "${extra[@]}"
   worker_pids+=("$started_pid")
 done

@@ -1,4 +1,4 @@
-// CUDA ComputeBackend: the ReLU MLP of worker/compute_backend.h with cuBLAS GEMMs in
+// The MLP of worker/mlp.h on CUDA, with cuBLAS GEMMs in
 // full float32 (no TF32, so gradients agree with the CPU backend to float rounding)
 // and the small kernels of mlp_kernels.cu. Parameters, inputs and activations live in
 // device buffers kept between calls; each call copies its host inputs in and the
@@ -16,11 +16,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "worker/compute_backend.h"
+#include "absl/strings/str_join.h"
 #include "common/cuda/cuda_status.h"
 #include "common/status_macros.h"
 #include "worker/cuda/cuda_check.h"
+#include "worker/cuda/device_buffer.h"
 #include "worker/cuda/mlp_kernels.h"
+#include "worker/mlp.h"
 
 namespace gnc {
 namespace {
@@ -28,59 +30,52 @@ namespace {
 // Evaluate runs the forward pass over this many examples at a time (as the CPU does).
 constexpr int64_t kEvalChunk = 1024;
 
-// DeviceBuffer: grow-only device memory.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (data_ != nullptr) cudaFree(data_);
-  }
-  // Reserve: at least `bytes` bytes; contents are lost when it grows.
-  absl::Status Reserve(size_t bytes) {
-    if (bytes <= bytes_) return absl::OkStatus();
-    if (data_ != nullptr) cudaFree(data_);
-    data_ = nullptr;
-    bytes_ = 0;
-    GNC_CUDA_RETURN_IF_ERROR(cudaMalloc(&data_, bytes));
-    bytes_ = bytes;
-    return absl::OkStatus();
-  }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(data_);
-  }
-
- private:
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
-};
+using cuda::DeviceBuffer;
 
 // cuBLAS takes int dimensions.
 constexpr int64_t kMaxWidth = int64_t{1} << 30;
 
-class CudaComputeBackend final : public ComputeBackend {
+class CudaMlp final : public Model {
  public:
-  static absl::StatusOr<std::unique_ptr<ComputeBackend>> Create(int device);
-  ~CudaComputeBackend() override {
+  static absl::StatusOr<std::unique_ptr<Model>> Create(const MlpShape& shape, int device);
+  ~CudaMlp() override {
     if (handle_ != nullptr) cublasDestroy(handle_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
 
-  std::string Name() const override { return name_; }
+  std::string Name() const override {
+    return absl::StrCat("mlp ", absl::StrJoin(shape_.widths, "-"));
+  }
+  std::string Device() const override { return name_; }
+  int64_t InputSize() const override { return shape_.widths.front(); }
+  int64_t NumClasses() const override { return shape_.widths.back(); }
+  int64_t NumParameters() const override { return shape_.NumParameters(); }
+  std::vector<float> InitialParameters(uint64_t seed) const override {
+    return HeInitialParameters(shape_.Blocks(), seed);
+  }
+
+  absl::StatusOr<double> LossAndGradient(std::span<const float> params,
+                                         std::span<const float> inputs,
+                                         std::span<const int32_t> labels,
+                                         std::span<float> grad) override {
+    return LossAndGradient(shape_, params, inputs, labels, grad);
+  }
+
+  absl::Status Evaluate(std::span<const float> params, std::span<const float> inputs,
+                        std::span<const int32_t> labels, double* loss_sum,
+                        int64_t* correct) override {
+    return Evaluate(shape_, params, inputs, labels, loss_sum, correct);
+  }
+
+ private:
+  explicit CudaMlp(MlpShape shape) : shape_(std::move(shape)) {}
 
   absl::StatusOr<double> LossAndGradient(const MlpShape& shape, std::span<const float> params,
                                          std::span<const float> inputs,
-                                         std::span<const int32_t> labels,
-                                         std::span<float> grad) override;
-
+                                         std::span<const int32_t> labels, std::span<float> grad);
   absl::Status Evaluate(const MlpShape& shape, std::span<const float> params,
                         std::span<const float> inputs, std::span<const int32_t> labels,
-                        double* loss_sum, int64_t* correct) override;
-
- private:
-  CudaComputeBackend() = default;
+                        double* loss_sum, int64_t* correct);
 
   // Gemm: row-major C[m, n] = op(A) op(B). cuBLAS is column-major, where a row-major
   // matrix reads as its transpose, so it computes C^T = op(B)^T op(A)^T.
@@ -96,6 +91,7 @@ class CudaComputeBackend final : public ComputeBackend {
   // and with `delta` the gradient of the mean loss w.r.t. the logits.
   absl::Status Loss(const MlpShape& shape, const int32_t* labels, int64_t batch, float* delta);
 
+  const MlpShape shape_;
   int device_ = 0;
   std::string name_;
   cudaStream_t stream_ = nullptr;
@@ -107,8 +103,9 @@ class CudaComputeBackend final : public ComputeBackend {
   std::vector<int32_t> row_correct_host_;
 };
 
-absl::StatusOr<std::unique_ptr<ComputeBackend>> CudaComputeBackend::Create(int device) {
-  std::unique_ptr<CudaComputeBackend> b(new CudaComputeBackend());
+absl::StatusOr<std::unique_ptr<Model>> CudaMlp::Create(const MlpShape& shape, int device) {
+  GNC_RETURN_IF_ERROR(CheckMlpShape(shape, kMaxWidth));
+  std::unique_ptr<CudaMlp> b(new CudaMlp(shape));
   b->device_ = device;
   GNC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
   cudaDeviceProp prop;
@@ -119,21 +116,16 @@ absl::StatusOr<std::unique_ptr<ComputeBackend>> CudaComputeBackend::Create(int d
   GNC_WORKER_CUBLAS_CHECK(cublasSetStream(b->handle_, b->stream_));
   // The default math mode keeps SGEMM in float32 (TF32 needs CUBLAS_TF32_TENSOR_OP_MATH).
   GNC_WORKER_CUBLAS_CHECK(cublasSetMathMode(b->handle_, CUBLAS_DEFAULT_MATH));
-  return std::unique_ptr<ComputeBackend>(std::move(b));
+  return std::unique_ptr<Model>(std::move(b));
 }
 
-absl::Status CudaComputeBackend::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-                                      const float* a, int64_t lda, const float* b, int64_t ldb,
-                                      float* c, int64_t ldc) {
-  const float one = 1.0f, zero = 0.0f;
-  GNC_WORKER_CUBLAS_CHECK(cublasSgemm(
-      handle_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &one, b, static_cast<int>(ldb),
-      a, static_cast<int>(lda), &zero, c, static_cast<int>(ldc)));
-  return absl::OkStatus();
+absl::Status CudaMlp::Gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                           const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                           int64_t ldc) {
+  return cuda::Gemm(handle_, trans_a, trans_b, m, n, k, a, lda, b, ldb, 0.0f, c, ldc);
 }
 
-absl::Status CudaComputeBackend::Upload(const MlpShape& shape, std::span<const float> params,
+absl::Status CudaMlp::Upload(const MlpShape& shape, std::span<const float> params,
                                         std::span<const float> inputs,
                                         std::span<const int32_t> labels, int64_t max_batch) {
   GNC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
@@ -170,7 +162,7 @@ absl::Status CudaComputeBackend::Upload(const MlpShape& shape, std::span<const f
   return absl::OkStatus();
 }
 
-absl::Status CudaComputeBackend::Forward(const MlpShape& shape, const float* x, int64_t batch) {
+absl::Status CudaMlp::Forward(const MlpShape& shape, const float* x, int64_t batch) {
   const size_t layers = shape.widths.size() - 1;
   for (size_t l = 0; l < layers; ++l) {
     const int64_t in = shape.widths[l], out = shape.widths[l + 1];
@@ -186,7 +178,7 @@ absl::Status CudaComputeBackend::Forward(const MlpShape& shape, const float* x, 
   return absl::OkStatus();
 }
 
-absl::Status CudaComputeBackend::Loss(const MlpShape& shape, const int32_t* labels, int64_t batch,
+absl::Status CudaMlp::Loss(const MlpShape& shape, const int32_t* labels, int64_t batch,
                                       float* delta) {
   const int64_t classes = shape.widths.back();
   const float* logits = act_[shape.widths.size() - 1]->as<float>();
@@ -202,7 +194,7 @@ absl::Status CudaComputeBackend::Loss(const MlpShape& shape, const int32_t* labe
   return absl::OkStatus();
 }
 
-absl::StatusOr<double> CudaComputeBackend::LossAndGradient(const MlpShape& shape,
+absl::StatusOr<double> CudaMlp::LossAndGradient(const MlpShape& shape,
                                                            std::span<const float> params,
                                                            std::span<const float> inputs,
                                                            std::span<const int32_t> labels,
@@ -245,7 +237,7 @@ absl::StatusOr<double> CudaComputeBackend::LossAndGradient(const MlpShape& shape
   return loss / static_cast<double>(batch);
 }
 
-absl::Status CudaComputeBackend::Evaluate(const MlpShape& shape, std::span<const float> params,
+absl::Status CudaMlp::Evaluate(const MlpShape& shape, std::span<const float> params,
                                           std::span<const float> inputs,
                                           std::span<const int32_t> labels, double* loss_sum,
                                           int64_t* correct) {
@@ -271,9 +263,10 @@ absl::Status CudaComputeBackend::Evaluate(const MlpShape& shape, std::span<const
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ComputeBackend>> NewCudaComputeBackend() {
+absl::StatusOr<std::unique_ptr<Model>> NewCudaMlp(const MlpShape& shape) {
   if (absl::Status s = cuda::RequireCudaDevice(); !s.ok()) return s;
-  absl::StatusOr<std::unique_ptr<ComputeBackend>> backend = CudaComputeBackend::Create(0);
+  GNC_RETURN_IF_ERROR(CheckMlpShape(shape, kMaxWidth));
+  absl::StatusOr<std::unique_ptr<Model>> backend = CudaMlp::Create(shape, 0);
   if (!backend.ok()) {
     return absl::FailedPreconditionError(
         absl::StrCat("CUDA device 0 is unusable: ", backend.status().message()));
