@@ -4,7 +4,8 @@
 #   (default)  build + run: compiler, CMake, gRPC, Protocol Buffers, Abseil,
 #              prometheus-cpp, OpenBLAS, zlib, Fashion-MNIST
 #   --tests    also what the test suite uses: GoogleTest, Google Benchmark,
-#              Prometheus/promtool, Python 3, Node.js + npm (manifest validation)
+#              Prometheus/promtool, Python 3 with matplotlib and numpy (compare.sh's
+#              plots), Node.js + npm (manifest validation)
 set -euo pipefail
 
 packages=(
@@ -14,7 +15,8 @@ packages=(
   dataset-fashion-mnist
 )
 if [[ "${1:-}" == "--tests" ]]; then
-  packages+=(libgtest-dev libgmock-dev libbenchmark-dev prometheus python3 nodejs npm)
+  packages+=(libgtest-dev libgmock-dev libbenchmark-dev prometheus python3 python3-matplotlib
+    python3-numpy nodejs npm)
 fi
 
 missing=()

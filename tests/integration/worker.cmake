@@ -6,3 +6,10 @@ foreach(_name train kill restart flags)
       $<TARGET_FILE:gnc-server> $<TARGET_FILE:gnc-worker>)
   set_tests_properties(worker_${_name}_integration PROPERTIES TIMEOUT 180 LABELS integration)
 endforeach()
+
+# deploy/local/compare.sh --quick: the reduced grid of real jobs, its JSON, table and
+# plots (skipped, saying why, without matplotlib).
+add_test(NAME compare_quick_integration
+  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/compare_quick_test.sh ${PROJECT_BINARY_DIR})
+set_tests_properties(compare_quick_integration PROPERTIES TIMEOUT 1200 LABELS integration
+  SKIP_RETURN_CODE 77)
