@@ -72,19 +72,10 @@ class CpuCnn final : public Model {
         !s.ok()) {
       return s;
     }
-    const int64_t total = static_cast<int64_t>(labels.size());
-    double loss = 0;
-    int64_t right = 0;
-    for (int64_t begin = 0; begin < total; begin += kChunk) {
-      const int64_t m = std::min(kChunk, total - begin);
-      const float* logits = Forward(params.data(), inputs.data() + begin * InputSize(), m);
-      int64_t hits = 0;
-      loss += cpu::SoftmaxCrossEntropy(logits, labels.data() + begin, m, NumClasses(), 1.0f,
-                                       nullptr, &hits);
-      right += hits;
-    }
-    *loss_sum = loss;
-    *correct = right;
+    cpu::EvaluateInChunks(
+        inputs.data(), labels.data(), static_cast<int64_t>(labels.size()), InputSize(),
+        NumClasses(), kChunk,
+        [&](const float* x, int64_t m) { return Forward(params.data(), x, m); }, loss_sum, correct);
     return absl::OkStatus();
   }
 

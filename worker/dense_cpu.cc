@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "worker/mlp.h"
+
 namespace gnc::cpu {
 
 void DenseForward(const float* x, int64_t rows, int64_t in, const float* w, const float* b,
@@ -83,12 +85,7 @@ void DenseStack::Backward(std::span<const int64_t> widths, const float* params, 
                           int64_t rows, const float* delta, bool accumulate, float* grad,
                           float* dx) {
   const size_t layers = widths.size() - 1;
-  std::vector<int64_t> offsets(layers);
-  int64_t at = 0;
-  for (size_t l = 0; l < layers; ++l) {
-    offsets[l] = at;
-    at += widths[l + 1] * widths[l] + widths[l + 1];
-  }
+  const std::vector<int64_t> offsets = DenseLayerOffsets(widths);
   const float* d = delta;  // d(loss)/d(layer l's pre-activation output)
   int next = 0;            // the scratch buffer layer l writes d(loss)/d(input) into
   for (size_t l = layers; l-- > 0;) {

@@ -32,6 +32,26 @@ void ReluBackward(float* d, const float* act, int64_t n);
 double SoftmaxCrossEntropy(const float* logits, const int32_t* labels, int64_t rows,
                            int64_t classes, float scale, float* delta, int64_t* correct);
 
+// EvaluateInChunks: Model::Evaluate over `chunk` examples at a time: `logits(x, m)`
+// returns the logits of the m examples at x (valid until its next call); sums the
+// cross-entropy and counts the hits.
+template <typename LogitsFn>
+void EvaluateInChunks(const float* inputs, const int32_t* labels, int64_t total, int64_t input_size,
+                      int64_t classes, int64_t chunk, LogitsFn logits, double* loss_sum,
+                      int64_t* correct) {
+  double loss = 0;
+  int64_t right = 0;
+  for (int64_t begin = 0; begin < total; begin += chunk) {
+    const int64_t m = total - begin < chunk ? total - begin : chunk;
+    int64_t hits = 0;
+    loss += SoftmaxCrossEntropy(logits(inputs + begin * input_size, m), labels + begin, m, classes,
+                                1.0f, nullptr, &hits);
+    right += hits;
+  }
+  *loss_sum = loss;
+  *correct = right;
+}
+
 // DenseStack: fully connected layers of widths {in, hidden..., classes} with ReLU on
 // all but the last, parameters in MlpShape's layout (W_0, b_0, W_1, b_1, ...). Keeps
 // the activations of the last Forward for Backward; scratch is reused between calls.

@@ -37,6 +37,18 @@ struct MlpShape {
   }
 };
 
+// DenseLayerOffsets: where layer l's weight starts in the flat vector of fully
+// connected layers of these widths (MlpShape's layout).
+inline std::vector<int64_t> DenseLayerOffsets(std::span<const int64_t> widths) {
+  std::vector<int64_t> offsets;
+  int64_t at = 0;
+  for (size_t l = 0; l + 1 < widths.size(); ++l) {
+    offsets.push_back(at);
+    at += widths[l + 1] * widths[l] + widths[l + 1];
+  }
+  return offsets;
+}
+
 // CheckMlpShape: at least two widths, each in [1, max_width]. INVALID_ARGUMENT
 // otherwise.
 inline absl::Status CheckMlpShape(const MlpShape& shape, int64_t max_width = int64_t{1} << 40) {

@@ -64,20 +64,13 @@ class CpuMlp final : public Model {
         !s.ok()) {
       return s;
     }
-    const int64_t total = static_cast<int64_t>(labels.size());
-    double loss = 0;
-    int64_t right = 0;
-    for (int64_t begin = 0; begin < total; begin += kEvalChunk) {
-      const int64_t batch = std::min(kEvalChunk, total - begin);
-      const float* logits =
-          stack_.Forward(shape_.widths, params.data(), inputs.data() + begin * InputSize(), batch);
-      int64_t hits = 0;
-      loss += cpu::SoftmaxCrossEntropy(logits, labels.data() + begin, batch, NumClasses(), 1.0f,
-                                       nullptr, &hits);
-      right += hits;
-    }
-    *loss_sum = loss;
-    *correct = right;
+    cpu::EvaluateInChunks(
+        inputs.data(), labels.data(), static_cast<int64_t>(labels.size()), InputSize(),
+        NumClasses(), kEvalChunk,
+        [&](const float* x, int64_t m) {
+          return stack_.Forward(shape_.widths, params.data(), x, m);
+        },
+        loss_sum, correct);
     return absl::OkStatus();
   }
 

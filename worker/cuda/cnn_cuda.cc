@@ -74,26 +74,10 @@ class CudaCnn final : public Model, private cuda::CudaModelBase {
                         int64_t* correct) override {
     GNC_RETURN_IF_ERROR(
         CheckBatchArguments(NumParameters(), InputSize(), NumClasses(), params, inputs, labels));
-    const int64_t total = static_cast<int64_t>(labels.size());
     GNC_RETURN_IF_ERROR(Upload(params, inputs, labels));
-    double loss = 0;
-    int64_t right = 0;
-    for (int64_t begin = 0; begin < total; begin += kEvalChunk) {
-      const int64_t m = std::min(kEvalChunk, total - begin);
-      absl::StatusOr<const float*> logits = Forward(inputs_.as<float>() + begin * InputSize(), m);
-      if (!logits.ok()) return logits.status();
-      GNC_RETURN_IF_ERROR(
-          Loss(*logits, labels_.as<int32_t>() + begin, m, NumClasses(), m, nullptr));
-      GNC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-      double chunk_loss = 0;
-      int64_t chunk_correct = 0;
-      RowSums(m, &chunk_loss, &chunk_correct);
-      loss += chunk_loss;
-      right += chunk_correct;
-    }
-    *loss_sum = loss;
-    *correct = right;
-    return absl::OkStatus();
+    return EvaluateUploaded(
+        static_cast<int64_t>(labels.size()), InputSize(), NumClasses(), kEvalChunk,
+        [&](const float* x, int64_t m) { return Forward(x, m); }, loss_sum, correct);
   }
 
  private:

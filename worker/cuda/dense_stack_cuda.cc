@@ -10,6 +10,7 @@
 #include "common/cuda/cuda_status.h"
 #include "common/status_macros.h"
 #include "worker/cuda/mlp_kernels.h"
+#include "worker/mlp.h"
 
 namespace gnc::cuda {
 
@@ -41,12 +42,7 @@ absl::Status DenseStackCuda::Backward(cublasHandle_t handle, cudaStream_t stream
                                       const float* x, int64_t rows, const float* delta, float* grad,
                                       float* dx) {
   const size_t layers = widths.size() - 1;
-  std::vector<int64_t> offsets(layers);
-  int64_t at = 0;
-  for (size_t l = 0; l < layers; ++l) {
-    offsets[l] = at;
-    at += widths[l + 1] * widths[l] + widths[l + 1];
-  }
+  const std::vector<int64_t> offsets = DenseLayerOffsets(widths);
   const float* d = delta;  // d(loss)/d(layer l's output before its ReLU)
   int next = 0;
   for (size_t l = layers; l-- > 0;) {

@@ -80,28 +80,13 @@ class CudaMlp final : public Model, private cuda::CudaModelBase {
                         int64_t* correct) override {
     GNC_RETURN_IF_ERROR(
         CheckBatchArguments(NumParameters(), InputSize(), NumClasses(), params, inputs, labels));
-    const int64_t total = static_cast<int64_t>(labels.size());
     GNC_RETURN_IF_ERROR(Upload(params, inputs, labels));
-    double loss = 0;
-    int64_t right = 0;
-    for (int64_t begin = 0; begin < total; begin += kEvalChunk) {
-      const int64_t batch = std::min(kEvalChunk, total - begin);
-      absl::StatusOr<const float*> logits =
-          stack_.Forward(handle_, stream_, shape_.widths, params_.as<float>(),
-                         inputs_.as<float>() + begin * InputSize(), batch);
-      if (!logits.ok()) return logits.status();
-      GNC_RETURN_IF_ERROR(
-          Loss(*logits, labels_.as<int32_t>() + begin, batch, NumClasses(), batch, nullptr));
-      GNC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-      double chunk_loss = 0;
-      int64_t chunk_correct = 0;
-      RowSums(batch, &chunk_loss, &chunk_correct);
-      loss += chunk_loss;
-      right += chunk_correct;
-    }
-    *loss_sum = loss;
-    *correct = right;
-    return absl::OkStatus();
+    return EvaluateUploaded(
+        static_cast<int64_t>(labels.size()), InputSize(), NumClasses(), kEvalChunk,
+        [&](const float* x, int64_t m) {
+          return stack_.Forward(handle_, stream_, shape_.widths, params_.as<float>(), x, m);
+        },
+        loss_sum, correct);
   }
 
  private:

@@ -64,6 +64,29 @@ absl::Status CudaModelBase::Loss(const float* logits, const int32_t* labels, int
   return absl::OkStatus();
 }
 
+absl::Status CudaModelBase::EvaluateUploaded(
+    int64_t total, int64_t input_size, int64_t classes, int64_t chunk,
+    const std::function<absl::StatusOr<const float*>(const float*, int64_t)>& logits,
+    double* loss_sum, int64_t* correct) {
+  double loss = 0;
+  int64_t right = 0;
+  for (int64_t begin = 0; begin < total; begin += chunk) {
+    const int64_t m = total - begin < chunk ? total - begin : chunk;
+    absl::StatusOr<const float*> z = logits(inputs_.as<float>() + begin * input_size, m);
+    if (!z.ok()) return z.status();
+    GNC_RETURN_IF_ERROR(Loss(*z, labels_.as<int32_t>() + begin, m, classes, m, nullptr));
+    GNC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    double chunk_loss = 0;
+    int64_t chunk_correct = 0;
+    RowSums(m, &chunk_loss, &chunk_correct);
+    loss += chunk_loss;
+    right += chunk_correct;
+  }
+  *loss_sum = loss;
+  *correct = right;
+  return absl::OkStatus();
+}
+
 void CudaModelBase::RowSums(int64_t rows, double* loss, int64_t* correct) const {
   double l = 0;
   int64_t c = 0;

@@ -10,11 +10,13 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "worker/cuda/device_buffer.h"
 
 namespace gnc::cuda {
@@ -38,6 +40,13 @@ class CudaModelBase {
   // the per-row losses and hits to the host; read them after a synchronize.
   absl::Status Loss(const float* logits, const int32_t* labels, int64_t rows, int64_t classes,
                     int64_t batch, float* delta);
+  // EvaluateUploaded: Model::Evaluate of the uploaded batch of `total` examples in
+  // chunks of `chunk`: logits(x, m) queues the forward pass of the m examples at x
+  // (device) and returns their logits.
+  absl::Status EvaluateUploaded(
+      int64_t total, int64_t input_size, int64_t classes, int64_t chunk,
+      const std::function<absl::StatusOr<const float*>(const float*, int64_t)>& logits,
+      double* loss_sum, int64_t* correct);
   // RowSums: after a synchronize, the summed loss and hits of the last Loss.
   void RowSums(int64_t rows, double* loss, int64_t* correct) const;
 
