@@ -60,13 +60,7 @@ class CudaCnn final : public Model, private cuda::CudaModelBase {
     GNC_RETURN_IF_ERROR(
         Loss(*logits, labels_.as<int32_t>(), batch, NumClasses(), batch, delta_.as<float>()));
     GNC_RETURN_IF_ERROR(Backward(batch));
-    GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(grad.data(), grad_.as<float>(), grad.size_bytes(),
-                                             cudaMemcpyDeviceToHost, stream_));
-    GNC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    double loss = 0;
-    int64_t correct = 0;
-    RowSums(batch, &loss, &correct);
-    return loss / static_cast<double>(batch);
+    return FinishGradient(grad, batch);
   }
 
   absl::Status Evaluate(std::span<const float> params, std::span<const float> inputs,
@@ -171,7 +165,7 @@ class CudaCnn final : public Model, private cuda::CudaModelBase {
   std::vector<int64_t> offsets_;  // of each block's weights in the flat vector
   cuda::DenseStackCuda head_stack_;
   std::vector<std::unique_ptr<cuda::DeviceBuffer>> col_, conv_, pool_, arg_;
-  cuda::DeviceBuffer grad_, delta_, d_pool_, d_conv_, d_col_;
+  cuda::DeviceBuffer d_pool_, d_conv_, d_col_;
 };
 
 }  // namespace

@@ -66,13 +66,7 @@ class CudaMlp final : public Model, private cuda::CudaModelBase {
     GNC_RETURN_IF_ERROR(stack_.Backward(handle_, stream_, shape_.widths, params_.as<float>(),
                                         inputs_.as<float>(), batch, delta_.as<float>(),
                                         grad_.as<float>(), nullptr));
-    GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(grad.data(), grad_.as<float>(), grad.size_bytes(),
-                                             cudaMemcpyDeviceToHost, stream_));
-    GNC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    double loss = 0;
-    int64_t correct = 0;
-    RowSums(batch, &loss, &correct);
-    return loss / static_cast<double>(batch);
+    return FinishGradient(grad, batch);
   }
 
   absl::Status Evaluate(std::span<const float> params, std::span<const float> inputs,
@@ -94,7 +88,6 @@ class CudaMlp final : public Model, private cuda::CudaModelBase {
 
   const MlpShape shape_;
   cuda::DenseStackCuda stack_;
-  cuda::DeviceBuffer grad_, delta_;
 };
 
 }  // namespace

@@ -87,6 +87,16 @@ absl::Status CudaModelBase::EvaluateUploaded(
   return absl::OkStatus();
 }
 
+absl::StatusOr<double> CudaModelBase::FinishGradient(std::span<float> grad, int64_t batch) {
+  GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(grad.data(), grad_.as<float>(), grad.size_bytes(),
+                                           cudaMemcpyDeviceToHost, stream_));
+  GNC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  double loss = 0;
+  int64_t correct = 0;
+  RowSums(batch, &loss, &correct);
+  return loss / static_cast<double>(batch);
+}
+
 void CudaModelBase::RowSums(int64_t rows, double* loss, int64_t* correct) const {
   double l = 0;
   int64_t c = 0;

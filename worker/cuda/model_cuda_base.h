@@ -47,6 +47,9 @@ class CudaModelBase {
       int64_t total, int64_t input_size, int64_t classes, int64_t chunk,
       const std::function<absl::StatusOr<const float*>(const float*, int64_t)>& logits,
       double* loss_sum, int64_t* correct);
+  // FinishGradient: copies grad_ to `grad`, waits for the stream and returns the
+  // mean loss of the last Loss over `batch` rows.
+  absl::StatusOr<double> FinishGradient(std::span<float> grad, int64_t batch);
   // RowSums: after a synchronize, the summed loss and hits of the last Loss.
   void RowSums(int64_t rows, double* loss, int64_t* correct) const;
 
@@ -55,6 +58,7 @@ class CudaModelBase {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t handle_ = nullptr;
   DeviceBuffer params_, inputs_, labels_, row_loss_, row_correct_;
+  DeviceBuffer grad_, delta_;  // a gradient call's gradient and d(loss)/d(logits)
   std::vector<double> row_loss_host_;
   std::vector<int32_t> row_correct_host_;
 };
