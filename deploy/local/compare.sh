@@ -80,7 +80,10 @@ python=/usr/bin/python3
 [[ -x $python ]] || python=python3
 report="$python $root/deploy/local/compare_report.py"
 
-log() { echo "[compare] $*"; }
+# log: to the script's own stdout (fd 3), also from a trap that fires while a child's
+# output is redirected.
+exec 3>&1
+log() { echo "[compare] $*" >&3; }
 
 # Grid lines: "model batch mode rho timing seed".
 # Seed-major, so that a grid stopped part-way has whole seeds of every setting.
@@ -176,15 +179,25 @@ skipped_fresh=0
 planned=0
 ran=0
 already=0
-launcher=""
-# stop_launcher: the running job's launcher stops its shards and workers on TERM.
-stop_launcher() {
-  if [[ -n $launcher ]] && kill -0 "$launcher" 2>/dev/null; then
-    kill -TERM "$launcher" 2>/dev/null || true
-    wait "$launcher" 2>/dev/null || true
+child=""
+# stop_child: the running job's launcher stops its shards and workers on TERM; the
+# commands run in the background so that a signal stops them at once.
+stop_child() {
+  if [[ -n $child ]] && kill -0 "$child" 2>/dev/null; then
+    kill -TERM "$child" 2>/dev/null || true
+    wait "$child" 2>/dev/null || true
   fi
 }
-trap stop_launcher EXIT
+# run_child CMD...: runs CMD in the background and waits for it; its status.
+run_child() {
+  local st=0
+  "$@" 3>&- &
+  child=$!
+  wait "$child" || st=$?
+  child=""
+  return "$st"
+}
+trap stop_child EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
@@ -226,10 +239,7 @@ run_one() {
   log "run $id: $workers x $per_worker, $epochs epochs, lr $lr"
   local start=$SECONDS st=0
   GNC_SERVER_BIN=$out/bin/gnc-server GNC_WORKER_BIN=$out/bin/gnc-worker \
-    "${cmd[@]}" </dev/null >"$dir/train.log" 2>&1 &
-  launcher=$!
-  wait "$launcher" || st=$?
-  launcher=""
+    run_child "${cmd[@]}" </dev/null >"$dir/train.log" 2>&1 || st=$?
   local seconds=$((SECONDS - start))
   local status=ok
   if ((st != 0)); then
@@ -246,7 +256,7 @@ run_one() {
   if [[ $status == ok ]]; then
     local sharp_args=(--params="$dir/w.f32" --model="$model" --out="$dir/sharpness.json"
       "${sharp[@]}")
-    if ! OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-2} "$out/bin/gnc-sharpness" \
+    if ! OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-2} run_child "$out/bin/gnc-sharpness" \
       "${sharp_args[@]}" </dev/null >"$dir/sharpness.log" 2>&1; then
       log "run $id: gnc-sharpness failed; see $dir/sharpness.log"
       failed=$((failed + 1))
