@@ -1,4 +1,4 @@
-// gnc-worker: one rank of a gnc job running the built-in trainer (ReLU MLP on
+// gnc-worker: one rank of a gnc job running the built-in trainer (an MLP or a CNN on
 // Fashion-MNIST, CPU or CUDA). Exit codes: 0 done, 1 runtime error, 2 bad flags.
 #include <algorithm>
 #include <cstdint>
@@ -25,8 +25,9 @@
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 #include "worker/client.h"
-#include "worker/compute_backend.h"
 #include "worker/idx_reader.h"
+#include "worker/model.h"
+#include "worker/model_spec.h"
 #include "worker/trainer.h"
 #include "worker/worker_metrics.h"
 
@@ -40,7 +41,16 @@ ABSL_FLAG(int64_t, steps, 0, "Total steps; overrides --epochs when > 0");
 ABSL_FLAG(std::string, data_dir, "/usr/share/datasets/fashion-mnist",
           "Folder with the Fashion-MNIST IDX gzip files");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of w0 (the same on every rank) and of the shuffles");
-ABSL_FLAG(std::string, hidden, "256,128", "Hidden layer widths, comma-separated (\"\" = none)");
+ABSL_FLAG(std::string, model, "mlp", "Built-in model: mlp or cnn");
+ABSL_FLAG(std::string, hidden, "256,128",
+          "MLP (--model=mlp): hidden layer widths, comma-separated (\"\" = none)");
+ABSL_FLAG(std::string, cnn_channels, "8,16",
+          "CNN (--model=cnn): channels of each 5x5 conv + ReLU + 2x2 max-pool block");
+ABSL_FLAG(std::string, cnn_hidden, "128",
+          "CNN (--model=cnn): fully connected hidden widths after the conv blocks");
+ABSL_FLAG(std::string, save_params, "",
+          "After training, write the unperturbed w pulled from the servers to this file as "
+          "raw little-endian float32 in layout order");
 ABSL_FLAG(std::string, device, "auto", "Compute device: auto (CUDA if present), cpu or cuda");
 ABSL_FLAG(std::optional<bool>, evaluate, std::nullopt,
           "true|false: test the unperturbed w at every epoch boundary and at the end "
@@ -65,9 +75,6 @@ ABSL_FLAG(std::string, wire_dtype, "float32",
 ABSL_FLAG(absl::Duration, reconnect_timeout, absl::Minutes(2),
           "How long to keep reconnecting to a shard whose stream failed (a restarting "
           "shard) before giving up");
-ABSL_FLAG(std::string, save_params, "",
-          "At the end, write the unperturbed parameters w here as raw little-endian "
-          "float32 in layout order");
 ABSL_FLAG(bool, check_config, false,
           "Validate the flags and exit (0 if valid) without connecting or reading data");
 
@@ -76,13 +83,14 @@ namespace {
 
 // The standard Fashion-MNIST sizes; --check_config plans with these as it reads no data.
 constexpr int64_t kTrainImages = 60000;
-constexpr int64_t kInputWidth = 784;
+constexpr int64_t kImageSide = 28;
+constexpr int64_t kInputWidth = kImageSide * kImageSide;
 constexpr int64_t kClasses = 10;
 
 struct WorkerConfig {
   std::vector<std::string> servers;
   TrainerOptions trainer;
-  MlpShape shape;
+  ModelSpec model;
   std::string device;
   uint64_t config_hash = 0;
   int64_t train_limit = 0;
@@ -124,16 +132,12 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
     return absl::InvalidArgumentError("--progress_interval must be positive");
   }
 
-  c.shape.widths = {kInputWidth};
-  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_hidden), ',', absl::SkipEmpty())) {
-    int64_t width = 0;
-    if (!absl::SimpleAtoi(s, &width) || width < 1 || width > (1 << 16)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--hidden: '", s, "' is not a width in [1, 65536]"));
-    }
-    c.shape.widths.push_back(width);
-  }
-  c.shape.widths.push_back(kClasses);
+  t.save_params = absl::GetFlag(FLAGS_save_params);
+  absl::StatusOr<ModelSpec> model = ParseModelSpec(
+      absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_hidden), absl::GetFlag(FLAGS_cnn_channels),
+      absl::GetFlag(FLAGS_cnn_hidden), kImageSide, kImageSide, kClasses);
+  if (!model.ok()) return model.status();
+  c.model = *std::move(model);
 
   c.device = absl::GetFlag(FLAGS_device);
   if (c.device != "auto" && c.device != "cpu" && c.device != "cuda") {
@@ -157,7 +161,6 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
       absl::GetFlag(FLAGS_reconnect_timeout) <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--step_timeout and --reconnect_timeout must be positive");
   }
-  t.save_params = absl::GetFlag(FLAGS_save_params);
   const std::string dtype = absl::GetFlag(FLAGS_wire_dtype);
   if (dtype == "float32") {
     c.wire_dtype = WireDType::kFloat32;
@@ -217,14 +220,14 @@ absl::Status CheckArgv(int argc, char** argv) {
 
 int64_t Limit(int64_t count, int64_t limit) { return limit > 0 ? std::min(count, limit) : count; }
 
-absl::StatusOr<std::unique_ptr<ComputeBackend>> MakeBackend(const std::string& device) {
+absl::StatusOr<std::unique_ptr<Model>> MakeModel(const ModelSpec& spec, const std::string& device) {
   if (device == "cpu") {
     LogInfo("compute backend: cpu (--device=cpu)");
-    return NewCpuComputeBackend();
+    return NewModel(spec, "cpu");
   }
-  absl::StatusOr<std::unique_ptr<ComputeBackend>> cuda = NewCudaComputeBackend();
+  absl::StatusOr<std::unique_ptr<Model>> cuda = NewModel(spec, "cuda");
   if (cuda.ok()) {
-    LogInfo("compute backend: ", (*cuda)->Name());
+    LogInfo("compute backend: ", (*cuda)->Device());
     return cuda;
   }
   if (device == "cuda") {
@@ -232,16 +235,16 @@ absl::StatusOr<std::unique_ptr<ComputeBackend>> MakeBackend(const std::string& d
         absl::StrCat("--device=cuda but CUDA is unavailable: ", cuda.status().message()));
   }
   LogInfo("compute backend: cpu (--device=auto, no CUDA: ", cuda.status().message(), ")");
-  return NewCpuComputeBackend();
+  return NewModel(spec, "cpu");
 }
 
 // Run: everything after flag validation. Exit code 1 on any error; a bad plan for
 // the data actually found (slice smaller than the batch) is a flag error (2).
 int Run(const WorkerConfig& config) {
   const TrainerOptions& t = config.trainer;
-  absl::StatusOr<std::unique_ptr<ComputeBackend>> backend = MakeBackend(config.device);
-  if (!backend.ok()) {
-    LogError("gnc-worker: ", backend.status().message());
+  absl::StatusOr<std::unique_ptr<Model>> model = MakeModel(config.model, config.device);
+  if (!model.ok()) {
+    LogError("gnc-worker: ", model.status().message());
     return 1;
   }
 
@@ -292,7 +295,7 @@ int Run(const WorkerConfig& config) {
   }
   LogInfo("worker ", t.rank, "/", t.num_workers, ": training examples [", plan->slice_begin, ", ",
           plan->slice_begin + plan->slice_size, "), ", plan->steps_per_epoch, " steps per epoch, ",
-          plan->total_steps, " steps, batch ", t.batch_size,
+          plan->total_steps, " steps, batch ", t.batch_size, ", model ", (*model)->Name(),
           t.evaluate ? absl::StrCat(", evaluating on ", test.count, " test images") : "");
 
   auto registry = std::make_shared<prometheus::Registry>();
@@ -315,7 +318,7 @@ int Run(const WorkerConfig& config) {
     }
   }
 
-  absl::StatusOr<ModelLayout> layout = MlpLayout(config.shape);
+  absl::StatusOr<ModelLayout> layout = LayoutOf(config.model);
   if (!layout.ok()) {
     LogError("gnc-worker: ", layout.status().message());
     return 2;
@@ -340,8 +343,7 @@ int Run(const WorkerConfig& config) {
   LogInfo("worker ", t.rank, " joined ", config.servers.size(), " shard(s), mode ",
           (*client)->job().mode);
 
-  Trainer trainer(t, *plan, config.shape, backend->get(), &*train, t.evaluate ? &test : nullptr,
-                  &metrics);
+  Trainer trainer(t, *plan, model->get(), &*train, t.evaluate ? &test : nullptr, &metrics);
   absl::StatusOr<TrainSummary> summary = trainer.Run(**client);
   if (!summary.ok()) {
     LogError("gnc-worker: ", summary.status().ToString());
@@ -356,7 +358,8 @@ int Run(const WorkerConfig& config) {
 int main(int argc, char** argv) {
   if (std::optional<int> done = gnc::HandleHelpAndVersion(
           argc, argv, "gnc-worker",
-          "gnc-worker: one worker of a gnc job, training the built-in MLP on Fashion-MNIST")) {
+          "gnc-worker: one worker of a gnc job, training the built-in MLP or CNN on "
+          "Fashion-MNIST")) {
     return *done;
   }
   if (absl::Status s = gnc::CheckArgv(argc, argv); !s.ok()) {

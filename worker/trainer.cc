@@ -1,6 +1,7 @@
 #include "worker/trainer.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -32,19 +33,6 @@ uint64_t Mix(uint64_t x) {
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   return x ^ (x >> 31);
-}
-
-// WriteFloats: v as raw little-endian float32, through a temporary file and a rename.
-absl::Status WriteFloats(const std::string& path, const std::vector<float>& v) {
-  const std::string temp = path + ".tmp";
-  std::FILE* f = std::fopen(temp.c_str(), "wb");
-  if (f == nullptr) return absl::UnavailableError(absl::StrCat("cannot create ", temp));
-  const bool written = std::fwrite(v.data(), sizeof(float), v.size(), f) == v.size();
-  if (std::fclose(f) != 0 || !written || std::rename(temp.c_str(), path.c_str()) != 0) {
-    std::remove(temp.c_str());
-    return absl::UnavailableError(absl::StrCat("cannot write the parameters to ", path));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -82,13 +70,12 @@ absl::StatusOr<TrainPlan> PlanTraining(const TrainerOptions& options, int64_t tr
   return plan;
 }
 
-absl::StatusOr<TestResult> TestParameters(ComputeBackend& backend, const MlpShape& shape,
-                                          std::span<const float> params, const Dataset& data) {
+absl::StatusOr<TestResult> TestParameters(Model& model, std::span<const float> params,
+                                          const Dataset& data) {
   if (data.count < 1) return absl::InvalidArgumentError("empty test set");
   double loss_sum = 0;
   int64_t correct = 0;
-  if (absl::Status s =
-          backend.Evaluate(shape, params, data.images, data.labels, &loss_sum, &correct);
+  if (absl::Status s = model.Evaluate(params, data.images, data.labels, &loss_sum, &correct);
       !s.ok()) {
     return s;
   }
@@ -98,12 +85,24 @@ absl::StatusOr<TestResult> TestParameters(ComputeBackend& backend, const MlpShap
   return r;
 }
 
-Trainer::Trainer(TrainerOptions options, TrainPlan plan, MlpShape shape, ComputeBackend* backend,
-                 const Dataset* train, const Dataset* test, WorkerMetrics* metrics, PrintFn print)
+absl::Status WriteParameters(const std::string& path, std::span<const float> params) {
+  static_assert(std::endian::native == std::endian::little, "float32 files are little-endian");
+  const std::string tmp = absl::StrCat(path, ".tmp");
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (f == nullptr) return absl::InternalError(absl::StrCat("cannot create ", tmp));
+  const bool written = std::fwrite(params.data(), sizeof(float), params.size(), f) == params.size();
+  if (std::fclose(f) != 0 || !written || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return absl::InternalError(absl::StrCat("cannot write ", path));
+  }
+  return absl::OkStatus();
+}
+
+Trainer::Trainer(TrainerOptions options, TrainPlan plan, Model* model, const Dataset* train,
+                 const Dataset* test, WorkerMetrics* metrics, PrintFn print)
     : options_(std::move(options)),
       plan_(plan),
-      shape_(std::move(shape)),
-      backend_(backend),
+      model_(model),
       train_(train),
       test_(test),
       metrics_(metrics),
@@ -122,11 +121,11 @@ void Trainer::Shuffle(int64_t epoch) {
 }
 
 absl::StatusOr<TestResult> Trainer::PullAndTest(GncClient& client, int64_t* step) {
-  w_.resize(static_cast<size_t>(shape_.NumParameters()));
+  w_.resize(static_cast<size_t>(model_->NumParameters()));
   absl::StatusOr<int64_t> pulled = client.Pull(w_);
   if (!pulled.ok()) return Annotate(pulled.status(), "pull");
   *step = *pulled;
-  absl::StatusOr<TestResult> r = TestParameters(*backend_, shape_, w_, *test_);
+  absl::StatusOr<TestResult> r = TestParameters(*model_, w_, *test_);
   if (!r.ok()) return Annotate(r.status(), "evaluate");
   if (metrics_ != nullptr) metrics_->SetEvaluation(r->accuracy, r->loss);
   return r;
@@ -146,16 +145,16 @@ absl::StatusOr<TrainSummary> Trainer::Run(GncClient& client) {
   if (options_.evaluate && test_ == nullptr) {
     return absl::InvalidArgumentError("evaluating worker without a test set");
   }
-  if (train_->count < plan_.slice_size || train_->dim != shape_.widths[0] ||
+  if (train_->count < plan_.slice_size || train_->dim != model_->InputSize() ||
       static_cast<int64_t>(train_->images.size()) != train_->count * train_->dim) {
     return absl::InvalidArgumentError(
         absl::StrCat("training slice holds ", train_->count, " examples of ", train_->dim,
-                     " features, the plan ", plan_.slice_size, " of ", shape_.widths[0]));
+                     " features, the plan ", plan_.slice_size, " of ", model_->InputSize()));
   }
-  const int64_t n = shape_.NumParameters();
-  const int64_t dim = shape_.widths[0];
+  const int64_t n = model_->NumParameters();
+  const int64_t dim = model_->InputSize();
   {
-    std::vector<float> w0 = HeInitialParameters(shape_, options_.seed);
+    std::vector<float> w0 = model_->InitialParameters(options_.seed);
     if (absl::Status s = client.OfferParameters(w0); !s.ok()) return Annotate(s, "offer w0");
   }
   std::vector<float> x(n), g(n);
@@ -169,6 +168,8 @@ absl::StatusOr<TrainSummary> Trainer::Run(GncClient& client) {
   double interval_loss = 0;
   int64_t interval_steps = 0, interval_samples = 0;
   int64_t evaluated_epochs = 0;
+  double epoch_loss = 0;  // this worker's training loss in the epoch being evaluated
+  int64_t epoch_steps = 0;
   int64_t step = 0;
   while (true) {
     const absl::Time t0 = absl::Now();
@@ -194,8 +195,11 @@ absl::StatusOr<TrainSummary> Trainer::Run(GncClient& client) {
       absl::StatusOr<TestResult> r = PullAndTest(client, &at);
       if (!r.ok()) return r.status();
       evaluated_epochs = epoch;
-      print_(absl::StrFormat("epoch %d/%d test accuracy %.4f loss %.4f at step %d", epoch,
-                             num_epochs, r->accuracy, r->loss, at));
+      print_(absl::StrFormat("epoch %d/%d test accuracy %.4f loss %.4f at step %d train loss %.4f",
+                             epoch, num_epochs, r->accuracy, r->loss, at,
+                             epoch_loss / static_cast<double>(std::max<int64_t>(epoch_steps, 1))));
+      epoch_loss = 0;
+      epoch_steps = 0;
     }
     if (epoch != shuffled_epoch_) Shuffle(epoch);
     const int64_t first = (step % spe) * options_.batch_size;
@@ -205,7 +209,7 @@ absl::StatusOr<TrainSummary> Trainer::Run(GncClient& client) {
       batch_y[i] = train_->labels[row];
     }
     const absl::Time t2 = absl::Now();
-    absl::StatusOr<double> loss = backend_->LossAndGradient(shape_, x, batch_x, batch_y, g);
+    absl::StatusOr<double> loss = model_->LossAndGradient(x, batch_x, batch_y, g);
     if (!loss.ok()) return Annotate(loss.status(), absl::StrCat("gradient at step ", step));
     const absl::Time t3 = absl::Now();
     absl::Status pushed = client.PushGradient(g, options_.batch_size);
@@ -228,6 +232,8 @@ absl::StatusOr<TrainSummary> Trainer::Run(GncClient& client) {
     }
     interval_loss += *loss;
     ++interval_steps;
+    epoch_loss += *loss;
+    ++epoch_steps;
     summary.last_loss = interval_loss / static_cast<double>(interval_steps);
     if (t4 - last_report >= options_.progress_interval) {
       print_(absl::StrFormat("%s step %d/%d epoch %d/%d loss %.4f samples/s %.1f late %d", who,
@@ -251,11 +257,12 @@ absl::StatusOr<TrainSummary> Trainer::Run(GncClient& client) {
   }
   if (!options_.save_params.empty()) {
     if (!summary.evaluated) {
-      w_.resize(static_cast<size_t>(shape_.NumParameters()));
-      absl::StatusOr<int64_t> pulled = client.Pull(w_);
-      if (!pulled.ok()) return Annotate(pulled.status(), "pull the final parameters");
+      w_.resize(static_cast<size_t>(n));
+      if (absl::StatusOr<int64_t> pulled = client.Pull(w_); !pulled.ok()) {
+        return Annotate(pulled.status(), "pull for --save_params");
+      }
     }
-    if (absl::Status s = WriteFloats(options_.save_params, w_); !s.ok()) return s;
+    if (absl::Status s = WriteParameters(options_.save_params, w_); !s.ok()) return s;
   }
   summary.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   print_(absl::StrFormat(
@@ -267,6 +274,8 @@ absl::StatusOr<TrainSummary> Trainer::Run(GncClient& client) {
     print_(absl::StrFormat("final test accuracy %.4f loss %.4f after %d steps in %.1f s",
                            summary.test_accuracy, summary.test_loss, summary.final_step,
                            summary.seconds));
+    print_(absl::StrFormat("final epoch train loss %.4f",
+                           epoch_loss / static_cast<double>(std::max<int64_t>(epoch_steps, 1))));
   }
   if (absl::Status s = client.Leave(); !s.ok()) return Annotate(s, "leave");
   return summary;

@@ -1,5 +1,5 @@
-// Trainer: the built-in gnc-worker training loop (ReLU MLP on an IDX data set) as a
-// library, driven through the GncClient and ComputeBackend interfaces so that tests
+// Trainer: the built-in gnc-worker training loop (a built-in model on an IDX data
+// set) as a library, driven through the GncClient and Model interfaces so that tests
 // can run it against fakes.
 //
 // One step: ReceiveEvalPoint(x) -> stop once step >= total -> gradient at x on the
@@ -8,7 +8,9 @@
 // t / steps_per_epoch (the epoch's order derived from the seed, the epoch and the
 // rank), so a worker that was skipped stays aligned with the job and a job rewound to
 // step t resumes exactly where step t first ran. The evaluating worker pulls the
-// unperturbed w at every epoch boundary and at the end and tests it.
+// unperturbed w at every epoch boundary and at the end and tests it, printing the mean
+// training loss of its steps in that epoch (taken at its evaluation points) beside the
+// test figures.
 //
 // Thread-compatible: one thread runs a Trainer.
 #ifndef GNC_WORKER_TRAINER_H_
@@ -25,8 +27,8 @@
 #include "absl/time/time.h"
 #include "common/layout.h"
 #include "worker/client.h"
-#include "worker/compute_backend.h"
 #include "worker/idx_reader.h"
+#include "worker/model.h"
 
 namespace gnc {
 
@@ -42,8 +44,8 @@ struct TrainerOptions {
   uint64_t seed = 1;      // w0 and the per-epoch shuffles
   bool evaluate = false;  // this worker tests w at epoch boundaries and at the end
   absl::Duration progress_interval = absl::Seconds(5);
-  // If set, the final unperturbed w is written here (raw little-endian float32 in
-  // layout order), written to a temporary file and renamed.
+  // Non-empty: after training, write the unperturbed w pulled from the servers here
+  // as raw little-endian float32 in layout order (temporary file, then rename).
   std::string save_params;
 };
 
@@ -77,8 +79,12 @@ struct TestResult {
   double accuracy = 0;
   double loss = 0;
 };
-absl::StatusOr<TestResult> TestParameters(ComputeBackend& backend, const MlpShape& shape,
-                                          std::span<const float> params, const Dataset& data);
+absl::StatusOr<TestResult> TestParameters(Model& model, std::span<const float> params,
+                                          const Dataset& data);
+
+// WriteParameters: `params` as raw little-endian float32 to `path`, through a
+// temporary file renamed into place. INTERNAL naming the path on an I/O error.
+absl::Status WriteParameters(const std::string& path, std::span<const float> params);
 
 class Trainer {
  public:
@@ -86,11 +92,10 @@ class Trainer {
   using PrintFn = std::function<void(std::string_view line)>;
 
   // REQUIRES: every pointer outlives the Trainer; train holds this rank's slice
-  // (plan.slice_size examples of shape.widths[0] features); test is non-null when
+  // (plan.slice_size examples of model->InputSize() features); test is non-null when
   // options.evaluate; metrics may be null; print null = stdout, flushed per line.
-  Trainer(TrainerOptions options, TrainPlan plan, MlpShape shape, ComputeBackend* backend,
-          const Dataset* train, const Dataset* test, WorkerMetrics* metrics,
-          PrintFn print = nullptr);
+  Trainer(TrainerOptions options, TrainPlan plan, Model* model, const Dataset* train,
+          const Dataset* test, WorkerMetrics* metrics, PrintFn print = nullptr);
 
   // Run: trains until the job's step reaches plan.total_steps, then leaves.
   // Errors: FAILED_PRECONDITION when the servers fix a different total_steps;
@@ -104,8 +109,7 @@ class Trainer {
 
   const TrainerOptions options_;
   const TrainPlan plan_;
-  const MlpShape shape_;
-  ComputeBackend* const backend_;
+  Model* const model_;
   const Dataset* const train_;
   const Dataset* const test_;
   WorkerMetrics* const metrics_;

@@ -4,9 +4,10 @@
 #   (default)  build + run: compiler, CMake, gRPC, Protocol Buffers, Abseil,
 #              prometheus-cpp, OpenBLAS, zlib, Fashion-MNIST
 #   --tests    also what the test suite uses: GoogleTest, Google Benchmark,
-#              Prometheus/promtool, Python 3, Node.js + npm (manifest validation),
-#              podman + runc + debootstrap (container images built and run),
-#              libtorch-dev (the libtorch example)
+#              Prometheus/promtool, Python 3 with matplotlib and numpy (compare.sh's
+#              plots), Node.js + npm (manifest validation), podman + runc +
+#              debootstrap (container images built and run), libtorch-dev (the
+#              libtorch example), OpenMPI (the MPI_Allreduce yardstick)
 set -euo pipefail
 
 packages=(
@@ -16,8 +17,8 @@ packages=(
   dataset-fashion-mnist
 )
 if [[ "${1:-}" == "--tests" ]]; then
-  packages+=(libgtest-dev libgmock-dev libbenchmark-dev prometheus python3 nodejs npm
-    podman runc debootstrap libtorch-dev openmpi-bin libopenmpi-dev)
+  packages+=(libgtest-dev libgmock-dev libbenchmark-dev prometheus python3 python3-matplotlib
+    nodejs npm podman runc debootstrap libtorch-dev openmpi-bin libopenmpi-dev)
   # The Python client's tests: gRPC, protobuf, numpy, PyTorch, pip (installing it).
   packages+=(python3-grpcio python3-protobuf python3-numpy python3-torch python3-pip)
 fi

@@ -21,9 +21,15 @@
 #   --momentum X            [MOMENTUM=0.9]
 #   --weight_decay X        [WEIGHT_DECAY=0]
 #   --gnc_scale X           [GNC_SCALE=1]
+#   --gnc_noise T           [GNC_NOISE=previous] previous | fresh (gnc-server --gnc_noise;
+#                           fresh takes two passes, each a minibatch, per optimizer step:
+#                           --epochs and --steps count passes, --warmup_steps updates)
 #   --min_workers N         [MIN_WORKERS=0] quorum after the straggler timeout (0 = all)
 #   --straggler_timeout D   [STRAGGLER_TIMEOUT=30s]
-#   --hidden W,W            [HIDDEN=256,128]
+#   --model M               [MODEL=mlp]     mlp | cnn (gnc-worker --model)
+#   --hidden W,W            [HIDDEN=256,128] the MLP's hidden widths
+#   --save_params PATH      [SAVE_PARAMS=]  worker 0 writes the final unperturbed w here
+#                           (raw little-endian float32, gnc-worker --save_params)
 #   --seed N                [SEED=1]
 #   --train_limit N         [TRAIN_LIMIT=0] use the first N training images (0 = all)
 #   --test_limit N          [TEST_LIMIT=0]
@@ -64,6 +70,7 @@ die_usage() { echo "launch.sh: $*" >&2; exit 2; }
 shards=${SHARDS:-2}
 workers=${WORKERS:-4}
 mode=${MODE:-gnc}
+gnc_noise=${GNC_NOISE:-previous}
 epochs=${EPOCHS:-1}
 steps=${STEPS:-0}
 batch_size=${BATCH_SIZE:-64}
@@ -75,7 +82,9 @@ weight_decay=${WEIGHT_DECAY:-0}
 gnc_scale=${GNC_SCALE:-1}
 min_workers=${MIN_WORKERS:-0}
 straggler_timeout=${STRAGGLER_TIMEOUT:-30s}
+model=${MODEL:-mlp}
 hidden=${HIDDEN:-256,128}
+save_params=${SAVE_PARAMS:-}
 seed=${SEED:-1}
 train_limit=${TRAIN_LIMIT:-0}
 test_limit=${TEST_LIMIT:-0}
@@ -124,9 +133,12 @@ while (($#)); do
     --momentum) momentum=$val ;;
     --weight_decay) weight_decay=$val ;;
     --gnc_scale) gnc_scale=$val ;;
+    --gnc_noise) gnc_noise=$val ;;
     --min_workers) min_workers=$val ;;
     --straggler_timeout) straggler_timeout=$val ;;
+    --model) model=$val ;;
     --hidden) hidden=$val ;;
+    --save_params) save_params=$val ;;
     --seed) seed=$val ;;
     --train_limit) train_limit=$val ;;
     --test_limit) test_limit=$val ;;
@@ -175,18 +187,29 @@ steps_per_epoch=$((train_count / workers / batch_size))
   die_usage "batch_size $batch_size exceeds the $((train_count / workers)) images per worker"
 total_steps=$steps
 ((total_steps > 0)) || total_steps=$((epochs * steps_per_epoch))
+# The workers count passes; the shards' schedule counts optimizer steps.
+case $gnc_noise in
+  previous) server_steps=$total_steps ;;
+  fresh)
+    ((total_steps % 2 == 0)) ||
+      die_usage "--gnc_noise fresh needs an even number of passes, got $total_steps"
+    server_steps=$((total_steps / 2))
+    ;;
+  *) die_usage "--gnc_noise must be previous or fresh, got '$gnc_noise'" ;;
+esac
 
 server_flags=(
   --num_shards="$shards" --num_workers="$workers" --min_workers="$min_workers"
   --mode="$mode" --gnc_scale="$gnc_scale" --lr="$lr" --warmup_steps="$warmup_steps"
-  --lr_decay="$lr_decay" --total_steps="$total_steps" --momentum="$momentum"
+  --lr_decay="$lr_decay" --total_steps="$server_steps" --gnc_noise="$gnc_noise"
+  --momentum="$momentum"
   --weight_decay="$weight_decay" --straggler_timeout="$straggler_timeout"
   --device="$device" --address=127.0.0.1 --port=0 --metrics_address=127.0.0.1
   "${server_extra[@]}"
 )
 worker_flags=(
   --num_workers="$workers" --batch_size="$batch_size" --epochs="$epochs" --steps="$steps"
-  --hidden="$hidden" --seed="$seed" --train_limit="$train_limit" --test_limit="$test_limit"
+  --model="$model" --hidden="$hidden" --seed="$seed" --train_limit="$train_limit" --test_limit="$test_limit"
   --data_dir="$data_dir" --progress_interval="$progress_interval" --device="$device"
   --metrics_address=127.0.0.1
   "${worker_extra[@]}"
@@ -336,6 +359,7 @@ fi
 for ((k = 0; k < workers; k++)); do
   extra=()
   ((worker_metrics_port > 0)) && extra+=(--metrics_port="${worker_metrics[k]}")
+  ((k == 0)) && [[ -n $save_params ]] && extra+=(--save_params="$save_params")
   if [[ -n $worker_cmd ]]; then
     start "worker $k" "${worker_cmd_words[@]}" "${worker_flags[@]}" --servers="$servers" --rank="$k"
   else

@@ -1,4 +1,4 @@
-// The CUDA ComputeBackend against a naive CPU reference written here (loops in double):
+// The CUDA MLP against a naive CPU reference written here (loops in double):
 // forward loss, every gradient element, evaluation loss and accuracy, bad input.
 // Every case but the availability check skips without a CUDA device.
 #include <cuda_runtime_api.h>
@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "worker/compute_backend.h"
+#include "worker/mlp.h"
 
 namespace gnc {
 namespace {
@@ -109,17 +109,23 @@ Problem MakeProblem(std::vector<int64_t> widths, int64_t batch, uint32_t seed) {
 class CudaComputeTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    absl::StatusOr<std::unique_ptr<ComputeBackend>> b = NewCudaComputeBackend();
+    absl::StatusOr<std::unique_ptr<Model>> b = NewCudaMlp(MlpShape{{2, 2}});
     if (!b.ok()) {
-      GTEST_SKIP() << "no CUDA device, CUDA compute backend not tested: " << b.status().message();
+      GTEST_SKIP() << "no CUDA device, CUDA MLP not tested: " << b.status().message();
     }
+  }
+
+  // Cuda: the CUDA MLP of `shape`, kept for the rest of the test.
+  Model& Cuda(const MlpShape& shape) {
+    absl::StatusOr<std::unique_ptr<Model>> b = NewCudaMlp(shape);
+    EXPECT_TRUE(b.ok()) << b.status();
     cuda_ = std::move(*b);
+    return *cuda_;
   }
 
   void ExpectMatchesReference(const Problem& p) {
     std::vector<float> grad(p.params.size(), -1.0f);
-    absl::StatusOr<double> loss =
-        cuda_->LossAndGradient(p.shape, p.params, p.inputs, p.labels, grad);
+    absl::StatusOr<double> loss = Cuda(p.shape).LossAndGradient(p.params, p.inputs, p.labels, grad);
     ASSERT_TRUE(loss.ok()) << loss.status();
     const Reference ref = Naive(p.shape.widths, p.params, p.inputs, p.labels);
     const double batch = static_cast<double>(p.labels.size());
@@ -136,16 +142,16 @@ class CudaComputeTest : public ::testing::Test {
                        << ", want " << ref.grad[first] << " (scale " << scale << ")";
   }
 
-  std::unique_ptr<ComputeBackend> cuda_;
+  std::unique_ptr<Model> cuda_;
 };
 
 TEST(CudaComputeAvailabilityTest, OpensWithDeviceElseFailedPrecondition) {
   int count = 0;
   const bool has_device = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-  absl::StatusOr<std::unique_ptr<ComputeBackend>> b = NewCudaComputeBackend();
+  absl::StatusOr<std::unique_ptr<Model>> b = NewCudaMlp(MlpShape{{4, 3}});
   if (has_device) {
     ASSERT_TRUE(b.ok()) << b.status();
-    EXPECT_EQ((*b)->Name().rfind("cuda:", 0), 0u) << (*b)->Name();
+    EXPECT_EQ((*b)->Device().rfind("cuda:", 0), 0u) << (*b)->Device();
   } else {
     ASSERT_FALSE(b.ok());
     EXPECT_EQ(b.status().code(), absl::StatusCode::kFailedPrecondition) << b.status();
@@ -177,7 +183,7 @@ TEST_F(CudaComputeTest, EvaluateSumsLossAndCountsHitsOverChunks) {
   const Problem p = MakeProblem({20, 16, 12, 5}, 2500, 5);  // three chunks of <= 1024
   double loss_sum = 0;
   int64_t correct = -1;
-  ASSERT_TRUE(cuda_->Evaluate(p.shape, p.params, p.inputs, p.labels, &loss_sum, &correct).ok());
+  ASSERT_TRUE(Cuda(p.shape).Evaluate(p.params, p.inputs, p.labels, &loss_sum, &correct).ok());
   const Reference ref = Naive(p.shape.widths, p.params, p.inputs, p.labels);
   EXPECT_NEAR(loss_sum, ref.loss, 1e-5 * ref.loss);
   EXPECT_NEAR(static_cast<double>(correct), static_cast<double>(ref.correct),
@@ -187,18 +193,19 @@ TEST_F(CudaComputeTest, EvaluateSumsLossAndCountsHitsOverChunks) {
 
 TEST_F(CudaComputeTest, RefusesBadInput) {
   Problem p = MakeProblem({7, 5, 3}, 4, 6);
+  Model& cuda = Cuda(p.shape);
   std::vector<float> grad(p.params.size());
   p.labels[2] = 3;  // classes are 0..2
-  EXPECT_EQ(cuda_->LossAndGradient(p.shape, p.params, p.inputs, p.labels, grad).status().code(),
+  EXPECT_EQ(cuda.LossAndGradient(p.params, p.inputs, p.labels, grad).status().code(),
             absl::StatusCode::kInvalidArgument);
   p.labels[2] = 0;
   std::vector<float> short_params(p.params.begin(), p.params.end() - 1);
-  EXPECT_EQ(cuda_->LossAndGradient(p.shape, short_params, p.inputs, p.labels, grad).status().code(),
+  EXPECT_EQ(cuda.LossAndGradient(short_params, p.inputs, p.labels, grad).status().code(),
             absl::StatusCode::kInvalidArgument);
   std::vector<float> short_inputs(p.inputs.begin(), p.inputs.end() - 1);
   double loss = 0;
   int64_t correct = 0;
-  EXPECT_EQ(cuda_->Evaluate(p.shape, p.params, short_inputs, p.labels, &loss, &correct).code(),
+  EXPECT_EQ(cuda.Evaluate(p.params, short_inputs, p.labels, &loss, &correct).code(),
             absl::StatusCode::kInvalidArgument);
 }
 

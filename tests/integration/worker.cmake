@@ -15,3 +15,9 @@ foreach(_name shard_restart shard_sigterm shard_blank_restart worker_restart_aft
       $<TARGET_FILE:gnc-server> $<TARGET_FILE:gnc-worker>)
   set_tests_properties(${_name}_failure PROPERTIES TIMEOUT 300 LABELS "integration;failure")
 endforeach()
+# deploy/local/compare.sh --quick: the reduced grid of real jobs, its JSON, table and
+# plots (skipped, saying why, without matplotlib).
+add_test(NAME compare_quick_integration
+  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/compare_quick_test.sh ${PROJECT_BINARY_DIR})
+set_tests_properties(compare_quick_integration PROPERTIES TIMEOUT 1200 LABELS integration
+  SKIP_RETURN_CODE 77)

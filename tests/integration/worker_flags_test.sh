@@ -26,6 +26,10 @@ expect 2 "rank" -- "$W" --check_config --servers=a:1 --rank=4 --num_workers=4
 expect 2 "batch_size" -- "$W" --check_config --servers=a:1 --batch_size=0
 expect 2 "exceeds" -- "$W" --check_config --servers=a:1 --num_workers=4 --batch_size=20000
 expect 2 "hidden" -- "$W" --check_config --servers=a:1 --hidden=256,x
+expect 0 "config ok" -- "$W" --check_config --servers=a:1 --model=cnn --cnn_channels=4,8 --cnn_hidden=
+expect 2 "unknown model 'rnn'" -- "$W" --check_config --servers=a:1 --model=rnn
+expect 2 "cnn_channels" -- "$W" --check_config --servers=a:1 --model=cnn --cnn_channels=8,16,32
+expect 2 "cnn_hidden" -- "$W" --check_config --servers=a:1 --model=cnn --cnn_hidden=0
 expect 2 "device" -- "$W" --check_config --servers=a:1 --device=tpu
 expect 2 "config_hash" -- "$W" --check_config --servers=a:1 --config_hash=xyz
 expect 2 "unknown flag --no_such_flag" -- "$W" --check_config --servers=a:1 --no_such_flag=1

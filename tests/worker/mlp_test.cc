@@ -1,5 +1,7 @@
 // The CPU MLP against an independent double-precision reference written with plain
 // loops: loss, finite-difference gradients, evaluation; plus the initialisation.
+#include "worker/mlp.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -9,7 +11,6 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
-#include "worker/compute_backend.h"
 #include "worker/trainer.h"
 
 namespace gnc {
@@ -53,6 +54,8 @@ double RefLoss(const MlpShape& shape, const std::vector<double>& p, const std::v
   return loss / static_cast<double>(y.size());
 }
 
+const MlpShape kTinyShape{{6, 5, 4, 3}};
+
 struct Problem {
   MlpShape shape;
   std::vector<float> params;
@@ -62,7 +65,7 @@ struct Problem {
 
 Problem TinyProblem(int64_t batch, uint64_t seed) {
   Problem p;
-  p.shape.widths = {6, 5, 4, 3};
+  p.shape = kTinyShape;
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   p.params = HeInitialParameters(p.shape, seed);
@@ -76,12 +79,13 @@ Problem TinyProblem(int64_t batch, uint64_t seed) {
 std::vector<double> ToDouble(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
 TEST(MlpCpuTest, GradientMatchesFiniteDifferencesOfTheReference) {
-  std::unique_ptr<ComputeBackend> backend = NewCpuComputeBackend();
+  absl::StatusOr<std::unique_ptr<Model>> made = NewCpuMlp(kTinyShape);
+  ASSERT_TRUE(made.ok()) << made.status();
+  Model* backend = made->get();
   for (uint64_t seed : {1, 2, 3}) {
     Problem pr = TinyProblem(/*batch=*/7, seed);
     std::vector<float> grad(pr.params.size(), -1.0f);
-    absl::StatusOr<double> loss =
-        backend->LossAndGradient(pr.shape, pr.params, pr.inputs, pr.labels, grad);
+    absl::StatusOr<double> loss = backend->LossAndGradient(pr.params, pr.inputs, pr.labels, grad);
     ASSERT_TRUE(loss.ok()) << loss.status();
     const std::vector<double> p = ToDouble(pr.params), x = ToDouble(pr.inputs);
     EXPECT_NEAR(*loss, RefLoss(pr.shape, p, x, pr.labels), 1e-5);
@@ -102,14 +106,15 @@ TEST(MlpCpuTest, GradientMatchesFiniteDifferencesOfTheReference) {
 }
 
 TEST(MlpCpuTest, LossIsStableForHugeLogits) {
-  std::unique_ptr<ComputeBackend> backend = NewCpuComputeBackend();
+  absl::StatusOr<std::unique_ptr<Model>> made = NewCpuMlp(kTinyShape);
+  ASSERT_TRUE(made.ok()) << made.status();
+  Model* backend = made->get();
   Problem pr = TinyProblem(/*batch=*/5, 7);
   // Scale the last layer so the logits reach the thousands: exp() would overflow.
   const int64_t last = pr.shape.NumParameters() - (3 * 4 + 3);
   for (size_t j = last; j < pr.params.size(); ++j) pr.params[j] *= 5000.0f;
   std::vector<float> grad(pr.params.size());
-  absl::StatusOr<double> loss =
-      backend->LossAndGradient(pr.shape, pr.params, pr.inputs, pr.labels, grad);
+  absl::StatusOr<double> loss = backend->LossAndGradient(pr.params, pr.inputs, pr.labels, grad);
   ASSERT_TRUE(loss.ok()) << loss.status();
   ASSERT_TRUE(std::isfinite(*loss));
   EXPECT_NEAR(*loss, RefLoss(pr.shape, ToDouble(pr.params), ToDouble(pr.inputs), pr.labels),
@@ -118,13 +123,14 @@ TEST(MlpCpuTest, LossIsStableForHugeLogits) {
 }
 
 TEST(MlpCpuTest, EvaluateCountsArgmaxAndSumsLoss) {
-  std::unique_ptr<ComputeBackend> backend = NewCpuComputeBackend();
+  absl::StatusOr<std::unique_ptr<Model>> made = NewCpuMlp(kTinyShape);
+  ASSERT_TRUE(made.ok()) << made.status();
+  Model* backend = made->get();
   // More examples than one evaluation chunk, to cover the chunking.
   Problem pr = TinyProblem(/*batch=*/2500, 11);
   double loss_sum = 0;
   int64_t correct = 0;
-  ASSERT_TRUE(
-      backend->Evaluate(pr.shape, pr.params, pr.inputs, pr.labels, &loss_sum, &correct).ok());
+  ASSERT_TRUE(backend->Evaluate(pr.params, pr.inputs, pr.labels, &loss_sum, &correct).ok());
   const auto logits = RefLogits(pr.shape, ToDouble(pr.params), ToDouble(pr.inputs), 2500);
   double ref_loss = 0;
   int64_t ref_correct = 0;
@@ -140,22 +146,20 @@ TEST(MlpCpuTest, EvaluateCountsArgmaxAndSumsLoss) {
 }
 
 TEST(MlpCpuTest, RejectsBadInput) {
-  std::unique_ptr<ComputeBackend> backend = NewCpuComputeBackend();
+  absl::StatusOr<std::unique_ptr<Model>> made = NewCpuMlp(kTinyShape);
+  ASSERT_TRUE(made.ok()) << made.status();
+  Model* backend = made->get();
   Problem pr = TinyProblem(/*batch=*/3, 5);
   std::vector<float> grad(pr.params.size());
   std::vector<int32_t> bad_labels = {0, 3, 1};  // 3 classes: 3 is out of range
-  EXPECT_EQ(
-      backend->LossAndGradient(pr.shape, pr.params, pr.inputs, bad_labels, grad).status().code(),
-      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend->LossAndGradient(pr.params, pr.inputs, bad_labels, grad).status().code(),
+            absl::StatusCode::kInvalidArgument);
   std::vector<float> short_grad(pr.params.size() - 1);
-  EXPECT_EQ(backend->LossAndGradient(pr.shape, pr.params, pr.inputs, pr.labels, short_grad)
-                .status()
-                .code(),
+  EXPECT_EQ(backend->LossAndGradient(pr.params, pr.inputs, pr.labels, short_grad).status().code(),
             absl::StatusCode::kInvalidArgument);
   std::vector<float> short_inputs(pr.inputs.begin(), pr.inputs.end() - 1);
-  EXPECT_EQ(
-      backend->LossAndGradient(pr.shape, pr.params, short_inputs, pr.labels, grad).status().code(),
-      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend->LossAndGradient(pr.params, short_inputs, pr.labels, grad).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(MlpShapeTest, CountsAndLayout) {
@@ -192,7 +196,7 @@ TEST(HeInitTest, DeterministicPerSeedWithHeScaleAndZeroBiases) {
 }
 
 TEST(CudaBackendTest, UnavailableIsFailedPrecondition) {
-  absl::StatusOr<std::unique_ptr<ComputeBackend>> cuda = NewCudaComputeBackend();
+  absl::StatusOr<std::unique_ptr<Model>> cuda = NewCudaMlp(kTinyShape);
   if (cuda.ok()) GTEST_SKIP() << "a CUDA device is present";
   EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition);
 }

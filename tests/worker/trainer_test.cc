@@ -3,6 +3,8 @@
 #include "worker/trainer.h"
 
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <random>
@@ -13,7 +15,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
-#include "worker/compute_backend.h"
+#include "worker/mlp.h"
+#include "worker/model.h"
 
 namespace gnc {
 namespace {
@@ -70,22 +73,28 @@ class FakeServers final : public GncClient {
 
 // RecordingBackend: remembers feature 0 of every training example it is given
 // (the tests store the example's index there) and returns a zero gradient.
-class RecordingBackend final : public ComputeBackend {
+class RecordingBackend final : public Model {
  public:
   std::string Name() const override { return "recording"; }
-  absl::StatusOr<double> LossAndGradient(const MlpShape& shape, std::span<const float> params,
-                                         std::span<const float> inputs,
+  std::string Device() const override { return "none"; }
+  int64_t InputSize() const override { return 3; }
+  int64_t NumClasses() const override { return 2; }
+  int64_t NumParameters() const override { return 8; }
+  std::vector<float> InitialParameters(uint64_t) const override {
+    return std::vector<float>(8, 0.0f);
+  }
+  absl::StatusOr<double> LossAndGradient(std::span<const float>, std::span<const float> inputs,
                                          std::span<const int32_t> labels,
                                          std::span<float> grad) override {
     std::vector<int64_t> batch;
     for (size_t i = 0; i < labels.size(); ++i) {
-      batch.push_back(static_cast<int64_t>(inputs[i * shape.widths[0]]));
+      batch.push_back(static_cast<int64_t>(inputs[i * InputSize()]));
     }
     batches.push_back(batch);
     std::fill(grad.begin(), grad.end(), 0.0f);
     return 1.0;
   }
-  absl::Status Evaluate(const MlpShape&, std::span<const float>, std::span<const float>,
+  absl::Status Evaluate(std::span<const float>, std::span<const float>,
                         std::span<const int32_t> labels, double* loss_sum,
                         int64_t* correct) override {
     *loss_sum = static_cast<double>(labels.size());
@@ -159,16 +168,18 @@ TEST(TrainerTest, LearnsSeparableClustersAndEvaluatesEachEpoch) {
   absl::StatusOr<TrainPlan> plan = PlanTraining(o, train.count);
   ASSERT_TRUE(plan.ok());
   ASSERT_EQ(plan->total_steps, 90);
-  std::unique_ptr<ComputeBackend> backend = NewCpuComputeBackend();
+  absl::StatusOr<std::unique_ptr<Model>> made = NewCpuMlp(shape);
+  ASSERT_TRUE(made.ok()) << made.status();
+  Model* backend = made->get();
   FakeServers servers(/*total_steps=*/90, /*lr=*/0.2);
 
   // The untrained w0 is no better than chance.
   const std::vector<float> w0 = HeInitialParameters(shape, o.seed);
-  absl::StatusOr<TestResult> before = TestParameters(*backend, shape, w0, test);
+  absl::StatusOr<TestResult> before = TestParameters(*backend, w0, test);
   ASSERT_TRUE(before.ok());
 
   std::vector<std::string> lines;
-  Trainer trainer(o, *plan, shape, backend.get(), &train, &test, nullptr,
+  Trainer trainer(o, *plan, backend, &train, &test, nullptr,
                   [&](std::string_view l) { lines.emplace_back(l); });
   absl::StatusOr<TrainSummary> s = trainer.Run(servers);
   ASSERT_TRUE(s.ok()) << s.status();
@@ -187,7 +198,10 @@ TEST(TrainerTest, LearnsSeparableClustersAndEvaluatesEachEpoch) {
   int epoch_lines = 0;
   bool final_line = false;
   for (const std::string& l : lines) {
-    if (absl::StartsWith(l, "epoch ")) ++epoch_lines;
+    if (absl::StartsWith(l, "epoch ")) {
+      ++epoch_lines;
+      EXPECT_TRUE(absl::StrContains(l, " train loss ")) << l;
+    }
     if (absl::StartsWith(l, "final test accuracy ")) {
       final_line = true;
       EXPECT_TRUE(absl::StrContains(l, "after 90 steps")) << l;
@@ -198,7 +212,6 @@ TEST(TrainerTest, LearnsSeparableClustersAndEvaluatesEachEpoch) {
 }
 
 TEST(TrainerTest, EveryEpochVisitsTheRankSliceOnceInANewOrder) {
-  const MlpShape shape{{3, 2}};
   TrainerOptions o;
   o.rank = 1;
   o.num_workers = 3;
@@ -216,7 +229,7 @@ TEST(TrainerTest, EveryEpochVisitsTheRankSliceOnceInANewOrder) {
 
   RecordingBackend backend;
   FakeServers servers(/*total_steps=*/0);
-  Trainer trainer(o, *plan, shape, &backend, &slice, nullptr, nullptr, [](std::string_view) {});
+  Trainer trainer(o, *plan, &backend, &slice, nullptr, nullptr, [](std::string_view) {});
   ASSERT_TRUE(trainer.Run(servers).ok());
   ASSERT_EQ(backend.batches.size(), 9u);
   std::vector<std::vector<int64_t>> epochs(3);
@@ -236,7 +249,6 @@ TEST(TrainerTest, EveryEpochVisitsTheRankSliceOnceInANewOrder) {
 }
 
 TEST(TrainerTest, ServersWithAnotherLengthAreRefusedNamingBoth) {
-  const MlpShape shape{{3, 2}};
   TrainerOptions o;
   o.batch_size = 5;
   o.epochs = 2;
@@ -245,7 +257,7 @@ TEST(TrainerTest, ServersWithAnotherLengthAreRefusedNamingBoth) {
   ASSERT_TRUE(plan.ok());
   RecordingBackend backend;
   FakeServers servers(/*total_steps=*/123);
-  Trainer trainer(o, *plan, shape, &backend, &train, nullptr, nullptr, [](std::string_view) {});
+  Trainer trainer(o, *plan, &backend, &train, nullptr, nullptr, [](std::string_view) {});
   absl::StatusOr<TrainSummary> s = trainer.Run(servers);
   EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(absl::StrContains(s.status().message(), "123")) << s.status();
@@ -255,7 +267,6 @@ TEST(TrainerTest, ServersWithAnotherLengthAreRefusedNamingBoth) {
 }
 
 TEST(TrainerTest, LatePushIsCountedAndTrainingGoesOn) {
-  const MlpShape shape{{3, 2}};
   TrainerOptions o;
   o.batch_size = 5;
   o.steps = 6;
@@ -264,7 +275,7 @@ TEST(TrainerTest, LatePushIsCountedAndTrainingGoesOn) {
   RecordingBackend backend;
   FakeServers servers(/*total_steps=*/6);
   servers.planned[2] = absl::AbortedError("step 2 already completed");
-  Trainer trainer(o, *plan, shape, &backend, &train, nullptr, nullptr, [](std::string_view) {});
+  Trainer trainer(o, *plan, &backend, &train, nullptr, nullptr, [](std::string_view) {});
   absl::StatusOr<TrainSummary> s = trainer.Run(servers);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->late_steps, 1);
@@ -273,8 +284,52 @@ TEST(TrainerTest, LatePushIsCountedAndTrainingGoesOn) {
   EXPECT_EQ(servers.leaves, 1);
 }
 
+TEST(TrainerTest, SaveParamsWritesTheServersFinalWAsRawFloat32) {
+  TrainerOptions o;
+  o.batch_size = 5;
+  o.steps = 4;
+  o.save_params = ::testing::TempDir() + "/trainer_test_w.f32";
+  std::remove(o.save_params.c_str());
+  const Dataset train = Indexed(50, 3);
+  absl::StatusOr<TrainPlan> plan = PlanTraining(o, train.count);
+  ASSERT_TRUE(plan.ok());
+  RecordingBackend backend;
+  FakeServers servers(/*total_steps=*/4);
+  servers.w = {1.5f, -2.0f, 0.25f, 3e-8f, -0.0f, 7.0f, 1e10f, -1e-3f};  // kept: zero gradients
+  Trainer trainer(o, *plan, &backend, &train, nullptr, nullptr, [](std::string_view) {});
+  ASSERT_TRUE(trainer.Run(servers).ok());
+  EXPECT_EQ(servers.pulls, 1);  // not evaluating: pulled for the file only
+  std::FILE* f = std::fopen(o.save_params.c_str(), "rb");
+  ASSERT_NE(f, nullptr);
+  std::vector<unsigned char> bytes(64);
+  const size_t got = std::fread(bytes.data(), 1, bytes.size(), f);
+  std::fclose(f);
+  ASSERT_EQ(got, 32u);
+  for (size_t j = 0; j < 8; ++j) {
+    uint32_t bits = 0;
+    for (int b = 0; b < 4; ++b) bits |= uint32_t{bytes[4 * j + b]} << (8 * b);  // little-endian
+    float v;
+    std::memcpy(&v, &bits, 4);
+    EXPECT_EQ(v, servers.w[j]) << j;
+  }
+}
+
+TEST(TrainerTest, SaveParamsToAnUnwritablePathIsAnError) {
+  TrainerOptions o;
+  o.batch_size = 5;
+  o.steps = 2;
+  o.save_params = "/nonexistent-dir/w.f32";
+  const Dataset train = Indexed(50, 3);
+  absl::StatusOr<TrainPlan> plan = PlanTraining(o, train.count);
+  RecordingBackend backend;
+  FakeServers servers(/*total_steps=*/2);
+  Trainer trainer(o, *plan, &backend, &train, nullptr, nullptr, [](std::string_view) {});
+  absl::StatusOr<TrainSummary> s = trainer.Run(servers);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInternal);
+  EXPECT_TRUE(absl::StrContains(s.status().message(), "/nonexistent-dir/w.f32")) << s.status();
+}
+
 TEST(TrainerTest, OtherPushErrorStopsWithTheServersMessage) {
-  const MlpShape shape{{3, 2}};
   TrainerOptions o;
   o.batch_size = 5;
   o.steps = 6;
@@ -283,7 +338,7 @@ TEST(TrainerTest, OtherPushErrorStopsWithTheServersMessage) {
   RecordingBackend backend;
   FakeServers servers(/*total_steps=*/0);
   servers.planned[3] = absl::InvalidArgumentError("shard 1: non-finite gradient");
-  Trainer trainer(o, *plan, shape, &backend, &train, nullptr, nullptr, [](std::string_view) {});
+  Trainer trainer(o, *plan, &backend, &train, nullptr, nullptr, [](std::string_view) {});
   absl::StatusOr<TrainSummary> s = trainer.Run(servers);
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(s.status().message(), "non-finite gradient")) << s.status();
