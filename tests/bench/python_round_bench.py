@@ -77,7 +77,8 @@ def python_round(args: argparse.Namespace) -> float:
                     [sys.executable, __file__, "--worker", f"--addresses={addresses}",
                      f"--rank={rank}", f"--workers={args.workers}",
                      f"--mfloats={args.mfloats}", f"--rounds={args.rounds}",
-                     f"--wire_dtype={args.wire_dtype}"], stdout=out, env=env)))
+                     f"--wire_dtype={args.wire_dtype}"], stdout=out, env=env,
+                    preexec_fn=gnc_testlib.die_with_parent())))
             times = []
             for out, proc in procs:
                 if proc.wait(timeout=args.timeout) != 0:

@@ -28,6 +28,24 @@ SKIP = 77
 _T = TypeVar("_T")
 
 
+def die_with_parent() -> Optional[Callable[[], None]]:
+    """A preexec_fn that has the child killed when this process dies (a test killed on
+    its timeout must not leave shards behind), or None off Linux. Only from the main
+    thread: the kernel ties the signal to the thread that started the child."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not \
+            threading.main_thread():
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    return arm
+
+
 def setup(modules: Sequence[str], extra: Callable[[argparse.ArgumentParser], None] = None,
           tools: Sequence[str] = ()) -> tuple[argparse.Namespace, list[str]]:
     """Parses the shared flags (plus those `extra` adds), puts the package on sys.path
@@ -90,7 +108,8 @@ class ServerProcess:
         self._port_file.unlink(missing_ok=True)
         if self._log.closed:
             self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self._argv, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self._argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                        preexec_fn=die_with_parent())
         deadline = time.monotonic() + self._start_timeout
         while not (self._port_file.exists() and self._port_file.read_text().strip()):
             if self.process.poll() is not None or time.monotonic() > deadline:
