@@ -88,17 +88,26 @@ exec 3>&1
 log() { echo "[compare] $*" >&3; }
 
 # Grid lines: "model batch mode rho timing seed".
-# Seed-major, so that a grid stopped part-way has whole seeds of every setting.
+# Seed-major within two tiers, so that a grid stopped part-way has whole seeds: first
+# every MLP setting and the CNN's reference and small-rho settings (the CNN costs about
+# four times the MLP), then the CNN's other settings.
 grid_full() {
   local model seed rho
   for seed in 1 2 3; do
-    for model in mlp cnn; do
-      echo "$model 8192 none 0 previous $seed"
-      for rho in 0.25 0.5 1 2; do echo "$model 8192 gnc $rho previous $seed"; done
-      for rho in 0.5 1 2; do echo "$model 8192 isotropic $rho previous $seed"; done
-      echo "$model 256 none 0 previous $seed"
-      for rho in 0.5 1; do echo "$model 8192 gnc $rho fresh $seed"; done
-    done
+    echo "mlp 8192 none 0 previous $seed"
+    for rho in 0.25 0.5 1 2; do echo "mlp 8192 gnc $rho previous $seed"; done
+    for rho in 0.5 1 2; do echo "mlp 8192 isotropic $rho previous $seed"; done
+    echo "mlp 256 none 0 previous $seed"
+    for rho in 0.5 1; do echo "mlp 8192 gnc $rho fresh $seed"; done
+    echo "cnn 8192 none 0 previous $seed"
+    for rho in 0.25 0.5; do echo "cnn 8192 gnc $rho previous $seed"; done
+    echo "cnn 8192 isotropic 0.5 previous $seed"
+  done
+  for seed in 1 2 3; do
+    for rho in 1 2; do echo "cnn 8192 gnc $rho previous $seed"; done
+    for rho in 1 2; do echo "cnn 8192 isotropic $rho previous $seed"; done
+    echo "cnn 256 none 0 previous $seed"
+    for rho in 0.5 1; do echo "cnn 8192 gnc $rho fresh $seed"; done
   done
 }
 grid_quick() {
