@@ -172,14 +172,22 @@ def fmt(m, s, pattern):
     return pattern.format(m) + ("" if s is None else " ± " + pattern.format(s))
 
 
+def collapsed(r):
+    """A finished run whose model predicts uniformly at the end (test loss at ln 10, the
+    cross-entropy of a constant output over 10 classes): it lost all it had learned
+    without a non-finite value, e.g. when the perturbation was too large in the warm-up."""
+    loss = r.get("final_test_loss")
+    return r["status"] == "ok" and loss is not None and loss >= 0.99 * math.log(10)
+
+
 def write_table(out, runs):
     groups = groups_of(runs)
-    lines = ["| model | global batch | mode | ρ | noise | runs (diverged) | " +
+    lines = ["| model | global batch | mode | ρ | noise | runs (failed) | " +
              " | ".join(c[0] for c in COLUMNS) + " |",
              "|" + "---|" * (6 + len(COLUMNS))]
     for key, rs in groups.items():
         model, batch, mode, rho, timing = key
-        ok = [r for r in rs if r["status"] == "ok"]
+        ok = [r for r in rs if r["status"] == "ok" and not collapsed(r)]
         diverged = len(rs) - len(ok)
         cells = []
         for _, get, pattern in COLUMNS:
@@ -191,7 +199,8 @@ def write_table(out, runs):
                      f"{len(rs)} ({diverged}) | " + " | ".join(cells) + " |")
     commits = sorted({r["commit"] for r in runs})
     note = ("Means ± sample standard deviations over seeds of the runs that finished; "
-            "diverged runs (non-finite gradients) are counted, not averaged. Sharpness and "
+            "failed runs — diverged (non-finite gradients) or collapsed (a constant "
+            "output at the end: test loss at ln 10) — are counted, not averaged. Sharpness and "
             "noise figures are at the final w on the first training images "
             f"(gnc-sharpness). Commit(s): {', '.join(commits) if commits else '—'}.")
     with open(os.path.join(out, "table.md"), "w") as f:
@@ -207,7 +216,8 @@ def write_results_csv(out, runs):
         w.writerow(fields + SHARPNESS_KEYS)
         for r in runs:
             s = r["sharpness"] or {}
-            w.writerow([r.get(k) for k in fields] + [s.get(k) for k in SHARPNESS_KEYS])
+            row = {**r, "status": "collapsed" if collapsed(r) else r["status"]}
+            w.writerow([row.get(k) for k in fields] + [s.get(k) for k in SHARPNESS_KEYS])
 
 
 def write_plots(out, runs):
