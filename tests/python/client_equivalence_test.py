@@ -5,18 +5,16 @@ final w.
 
 - float32: the reference is the C++ client (tests/python/trajectory_client.cc) pushing
   the same gradients.
-- bfloat16: the C++ client does not send bfloat16 yet, so the reference is what the
-  shards compute from the gradients rounded to bfloat16 by an independent numpy
-  rounding (gnc_testlib.bf16_reference), pushed by the C++ client as float32; and, in modes
-  none and gnc, a numpy simulation of the shards' step on gradients chosen so that
-  every float32 operation of the merge is exact. A bfloat16 client asks for its
-  evaluation points in bfloat16 (Hello.wire_dtype): when they come so, they must be the
-  reference's rounded by that independent rounding; shards that do not honour the
-  request yet send float32, and then they must be the reference's as they are.
+- bfloat16: the reference is what the shards compute from the gradients rounded to
+  bfloat16 by an independent numpy rounding (gnc_testlib.bf16_reference), pushed by the
+  C++ client as float32; and, in modes none and gnc, a numpy simulation of the shards'
+  step on gradients chosen so that every float32 operation of the merge is exact. A
+  bfloat16 client asks for its evaluation points in bfloat16 (Hello.wire_dtype): they
+  must be the reference's rounded by that independent rounding. The Python and the C++
+  client (ClientOptions::wire_dtype) are both checked so in bfloat16, hence against
+  each other too.
 
-Which clients are checked is the CLIENTS list: when the C++ client learns bfloat16
-(ClientOptions::wire_dtype, and --wire_dtype in trajectory_client), add
-("cpp", "bfloat16") there.
+Which clients are checked is the CLIENTS list.
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ import gnc  # noqa: E402
 CLIENTS = [
     ("python", "float32"),
     ("python", "bfloat16"),
+    ("cpp", "bfloat16"),
 ]
 
 NUM_SHARDS = 2
@@ -130,7 +129,8 @@ def run_cpp(job: Job, servers: list[str], wire_dtype: str, grads: np.ndarray) ->
                                  f"{result.stderr}")
         points = np.fromfile(d / "points", np.float32).reshape(
             job.steps + 1, job.num_workers, job.num_elements)
-        return Trajectory(points, np.fromfile(d / "w", np.float32))
+        # The C++ client asks for its points in its wire dtype, and the shards send them so.
+        return Trajectory(points, np.fromfile(d / "w", np.float32), point_dtypes={wire_dtype})
 
 
 RUNNERS = {"python": run_python, "cpp": run_cpp}

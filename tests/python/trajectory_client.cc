@@ -5,7 +5,7 @@
 //
 //   trajectory_client --servers=A,B --num_workers=K --num_elements=N --steps=T
 //     --num_samples=n0,n1,... --w0=FILE --grads=FILE --points=FILE --w=FILE
-//     [--wire_dtype=float32]
+//     [--wire_dtype=float32|bfloat16]
 // Files are raw little-endian float32: w0 [N], grads [T][K][N] (rank k's gradient of
 // step t), points [T+1][K][N] (written: x_k of steps 0..T), w [N] (written: pulled
 // after step T). Exit status 0, 1 on any client error (message on stderr), 2 on bad
@@ -33,7 +33,7 @@ ABSL_FLAG(std::string, grads, "", "gradients [T][K][N]");
 ABSL_FLAG(std::string, points, "", "output: evaluation points [T+1][K][N]");
 ABSL_FLAG(std::string, w, "", "output: w after step T [N]");
 ABSL_FLAG(std::string, wire_dtype, "float32",
-          "float32 (the C++ client sends float32 only until ClientOptions has a wire dtype)");
+          "float32 or bfloat16: what the clients push and receive (ClientOptions::wire_dtype)");
 
 namespace {
 
@@ -94,9 +94,10 @@ int main(int argc, char** argv) {
     int64_t v;
     if (absl::SimpleAtoi(part, &v)) samples.push_back(v);
   }
-  if (absl::GetFlag(FLAGS_wire_dtype) != "float32") {
-    std::fprintf(stderr, "trajectory_client: --wire_dtype=%s: the C++ client sends float32 only\n",
-                 absl::GetFlag(FLAGS_wire_dtype).c_str());
+  const std::string dtype = absl::GetFlag(FLAGS_wire_dtype);
+  if (dtype != "float32" && dtype != "bfloat16") {
+    std::fprintf(stderr, "trajectory_client: --wire_dtype=%s: float32 or bfloat16\n",
+                 dtype.c_str());
     return 2;
   }
   if (n < 1 || steps < 1 || static_cast<int>(samples.size()) != num_workers) {
@@ -118,6 +119,7 @@ int main(int argc, char** argv) {
     }
   }
   gnc::ClientOptions base;
+  base.wire_dtype = dtype == "bfloat16" ? gnc::WireDType::kBfloat16 : gnc::WireDType::kFloat32;
   base.servers = absl::StrSplit(absl::GetFlag(FLAGS_servers), ',');
   base.num_workers = num_workers;
   base.layout = *gnc::ModelLayout::Create({gnc::TensorSpec{"w", {n}}});
