@@ -133,8 +133,25 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def signal(self, sig: int) -> None:
+        """Sends sig; for SIGSTOP, returns once every thread is stopped (kill(2) only
+        queues the stop: a thread that is running finishes what it does first)."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
+            if sig == signal.SIGSTOP:
+                self._wait_stopped(deadline=time.monotonic() + 10)
+
+    def _wait_stopped(self, deadline: float) -> None:
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        while time.monotonic() < deadline:
+            try:
+                states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                          for t in tasks.iterdir()]
+            except OSError:
+                return  # no /proc here, or the process is gone
+            if all(state in ("T", "t") for state in states):
+                return
+            time.sleep(0.01)
+        raise RuntimeError(f"pid {self.process.pid} not stopped 10 s after SIGSTOP")
 
     def stop(self, grace: float = 10.0) -> Optional[int]:
         """SIGTERM, SIGKILL after `grace` seconds; returns the exit status."""
