@@ -15,6 +15,7 @@
 //   matches an independent double-precision update computed from the values the
 //   harness sent (sample weights, clipping, weight decay, momentum, Nesterov);
 // - every published point has the shard's size in either dtype; in mode none it is w.
+// GNC_FUZZ_TRACE=1 prints one line per operation (to follow an input being replayed).
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -284,7 +285,8 @@ class Harness {
   void Step(Input& in, const Seen& before) {
     bool changes = false;   // the operation may complete a step or publish
     bool rewound = false;   // a rewind that moved the generation
-    switch (in.Pick(16)) {
+    const int op = in.Pick(16);
+    switch (op) {
       case 0:
         Join(in);
         break;
@@ -341,6 +343,14 @@ class Harness {
         break;
     }
     const Seen after = Look();
+    if (trace_) {
+      std::fprintf(stderr, "op %d: step %lld gen %lld%s -> step %lld gen %lld%s\n", op,
+                   static_cast<long long>(before.job.step),
+                   static_cast<long long>(before.job.job.generation),
+                   before.job.diverged ? " diverged" : "", static_cast<long long>(after.job.step),
+                   static_cast<long long>(after.job.job.generation),
+                   after.job.diverged ? " diverged" : "");
+    }
     Check(before, after, changes, rewound);
   }
 
@@ -659,7 +669,9 @@ class Harness {
       c.dtype = r.dtype;
       const int64_t n = std::min(chunk, d - off);
       c.last = off + n == d;
-      changes |= PushVia(wire, c, Values(in, n, c.dtype, kind), in.Byte());
+      const std::string payload = Values(in, n, c.dtype, kind);
+      const uint8_t split = in.Byte();
+      changes |= PushVia(wire, c, payload, split);
     }
     return changes;
   }
@@ -712,6 +724,8 @@ class Harness {
   std::vector<double> v_, v_abs_;
   // Only small values and lr <= 1 so far: the job must not diverge.
   bool tame_ = true;
+  // GNC_FUZZ_TRACE=1: one line per operation on stderr (replaying an input).
+  const bool trace_ = std::getenv("GNC_FUZZ_TRACE") != nullptr;
 };
 
 }  // namespace
