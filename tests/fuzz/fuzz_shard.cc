@@ -664,7 +664,9 @@ class Harness {
       c.session = r.session;
       c.generation = before.job.job.generation;
       c.step = before.job.step;
-      c.num_samples = samples;
+      // Only the chunk at offset 0 counts (Gradient.num_samples); the others may say
+      // anything.
+      c.num_samples = off == 0 ? samples : in.Pick(10);
       c.offset = off;
       c.dtype = r.dtype;
       const int64_t n = std::min(chunk, d - off);

@@ -144,6 +144,8 @@ class Job:
         self.out += bytes([9, rank, chunk - 1, samples - 1, 1, 1 if wire else 0])
         for off in range(0, self.d, chunk):
             n = min(chunk, self.d - off)
+            if off > 0:
+                self.out.append((samples + off) % 10)  # ignored: only offset 0 counts
             self.out += self.values(n, seed + off) + bytes([off % 5])
         return self
 
