@@ -52,7 +52,7 @@ absl::Status EncodeChunk(std::span<const float> a, std::span<const float> b, v1:
   if (*size == 4) {
     auto* out = reinterpret_cast<float*>(data->data());
     if (b.empty()) {
-      std::memcpy(out, a.data(), n * sizeof(float));
+      if (n > 0) std::memcpy(out, a.data(), n * sizeof(float));  // a.data() may be null
     } else {
       for (size_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
     }
@@ -77,7 +77,7 @@ absl::Status DecodeChunk(const v1::Chunk& chunk, std::span<float> dst) {
       std::memcpy(&h, data.data() + 2 * i, 2);
       dst[i] = FromBf16(h);
     }
-  } else {
+  } else if (!dst.empty()) {  // an empty span's data() may be null: no memcpy
     std::memcpy(dst.data(), data.data(), dst.size() * sizeof(float));
   }
   return absl::OkStatus();

@@ -10,6 +10,7 @@ void DecodePayload(const Payload& payload, WireDType dtype, std::span<float> dst
   if (dtype == WireDType::kFloat32) {
     auto* out = reinterpret_cast<uint8_t*>(dst.data());
     for (std::span<const uint8_t> piece : payload.pieces) {
+      if (piece.empty()) continue;  // out may be null (an empty dst): no memcpy
       std::memcpy(out, piece.data(), piece.size());
       out += piece.size();
     }

@@ -288,7 +288,10 @@ absl::Status ParseTrainRequest(const grpc::ByteBuffer& msg, std::vector<grpc::Sl
   *out = TrainRequestView();
   const bool ok = ForEachField(*slices, 0, total, [&](int field, int type, Reader& r) {
     size_t b, e;
+    // A oneof member that follows the other starts from defaults, as in protobuf; one
+    // that follows itself merges into it.
     if (field == 1 && type == kLength) {
+      if (out->kind != TrainRequestView::Kind::kHello) *out = TrainRequestView();
       out->kind = TrainRequestView::Kind::kHello;
       return SubMessage(r, &b, &e) &&
              ForEachField(*slices, b, e, [&](int f, int t, Reader& rr) {
@@ -306,6 +309,7 @@ absl::Status ParseTrainRequest(const grpc::ByteBuffer& msg, std::vector<grpc::Sl
              });
     }
     if (field == 2 && type == kLength) {
+      if (out->kind != TrainRequestView::Kind::kGradient) *out = TrainRequestView();
       out->kind = TrainRequestView::Kind::kGradient;
       return SubMessage(r, &b, &e) &&
              ForEachField(*slices, b, e, [&](int f, int t, Reader& rr) {
@@ -332,11 +336,13 @@ absl::Status ParseTrainResponse(const grpc::ByteBuffer& msg, std::vector<grpc::S
   *out = TrainResponseView();
   const bool ok = ForEachField(*slices, 0, total, [&](int field, int type, Reader& r) {
     size_t b, e;
-    if (field == 1 && type == kLength) {
+    if (field == 1 && type == kLength) {  // oneof: as in ParseTrainRequest
+      if (out->kind != TrainResponseView::Kind::kEvalPoint) *out = TrainResponseView();
       out->kind = TrainResponseView::Kind::kEvalPoint;
       return SubMessage(r, &b, &e) && ParsePoint(*slices, b, e, &out->point);
     }
     if (field == 2 && type == kLength) {
+      if (out->kind != TrainResponseView::Kind::kAck) *out = TrainResponseView();
       out->kind = TrainResponseView::Kind::kAck;
       return SubMessage(r, &b, &e) &&
              ForEachField(*slices, b, e, [&](int f, int t, Reader& rr) {

@@ -19,6 +19,16 @@ bool AllFinite(const MergeStats& s) {
          std::isfinite(s.noise_sqnorm_mean) && std::isfinite(s.perturbation_sqnorm);
 }
 
+// StreamStatus: OK when `session` is the rank's open stream `open`. Session 0 names no
+// stream: a rank that joined but never opened one has no slot sized yet.
+absl::Status StreamStatus(uint64_t open, uint64_t session) {
+  if (session == 0) return absl::CancelledError("no Train stream is open for this rank");
+  if (session != open) {
+    return absl::CancelledError("stream superseded by a newer one for this rank");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 // MergeJob: one step's merge, prepared under the lock and run without it.
@@ -247,9 +257,7 @@ absl::StatusOr<std::shared_ptr<const Publication>> ShardCore::NextPoint(
   if (absl::Status s = CheckRank(rank); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   Worker& w = workers_[rank];
-  if (w.session != session) {
-    return absl::CancelledError("stream superseded by a newer one for this rank");
-  }
+  if (absl::Status s = StreamStatus(w.session, session); !s.ok()) return s;
   if (draining_) return absl::UnavailableError("shard is draining");
   if (diverged_) return DivergedError();
   if (publication_ != nullptr && publication_->tag() != sent && !w.committed) return publication_;
@@ -284,9 +292,7 @@ absl::StatusOr<PushOutcome> ShardCore::PushGradient(const GradientChunk& c) {
   {
     absl::MutexLock lock(&mu_);
     Worker& w = workers_[c.rank];
-    if (w.session != c.session) {
-      return absl::CancelledError("stream superseded by a newer one for this rank");
-    }
+    if (absl::Status s = StreamStatus(w.session, c.session); !s.ok()) return s;
     w.last_heard = clock_();
     if (diverged_) return Refuse(slot, "diverged", DivergedError());
     if (c.offset == 0) {
@@ -377,9 +383,7 @@ absl::StatusOr<PushOutcome> ShardCore::PushGradient(const GradientChunk& c) {
     absl::MutexLock lock(&mu_);
     Worker& w = workers_[c.rank];
     // The step may have moved on, or the job been rewound, while the bytes were copied.
-    if (w.session != c.session) {
-      return absl::CancelledError("stream superseded by a newer one for this rank");
-    }
+    if (absl::Status s = StreamStatus(w.session, c.session); !s.ok()) return s;
     if (diverged_) return Refuse(slot, "diverged", DivergedError());
     if (c.generation != state_.job.generation || c.step != state_.step) {
       return Refuse(slot, c.generation != state_.job.generation ? "rewound" : "late",

@@ -216,7 +216,8 @@ class ShardCore {
   // NextPoint: the publication this stream should send next, once its step differs
   // from `sent` and this rank has no gradient in for the current step. nullptr when
   // none is due yet: `waiter` is then told once something changes.
-  // Errors: CANCELLED (session superseded), UNAVAILABLE (draining), FAILED_PRECONDITION
+  // Errors: CANCELLED (session superseded, or 0: none open), UNAVAILABLE (draining),
+  // FAILED_PRECONDITION
   // (diverged).
   absl::StatusOr<std::shared_ptr<const Publication>> NextPoint(
       int rank, uint64_t session, const PointTag& sent, std::weak_ptr<PointWaiter> waiter = {});
@@ -225,7 +226,7 @@ class ShardCore {
   // offset 0 starts a new attempt. After a refusal the rest of that attempt is
   // dropped silently, so the worker hears exactly one verdict per attempt. A chunk that
   // completes the step runs the merge before it returns.
-  // Errors (each counted): CANCELLED (session superseded: end the stream),
+  // Errors (each counted): CANCELLED (session superseded, or 0: end the stream),
   // ABORTED (step already completed, or an older generation: late), FAILED_PRECONDITION
   // (step not started yet, diverged), ALREADY_EXISTS (gradient already accepted for
   // the step), INVALID_ARGUMENT (gap, duplicate chunk, range, sample count outside

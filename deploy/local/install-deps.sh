@@ -7,7 +7,8 @@
 #              Prometheus/promtool, Python 3 with matplotlib and numpy (compare.sh's
 #              plots), Node.js + npm (manifest validation), podman + runc +
 #              debootstrap (container images built and run), libtorch-dev (the
-#              libtorch example), OpenMPI (the MPI_Allreduce yardstick)
+#              libtorch example), OpenMPI (the MPI_Allreduce yardstick), clang with
+#              libFuzzer's runtime and llvm-symbolizer (the fuzz targets, tests/fuzz)
 set -euo pipefail
 
 packages=(
@@ -19,6 +20,8 @@ packages=(
 if [[ "${1:-}" == "--tests" ]]; then
   packages+=(libgtest-dev libgmock-dev libbenchmark-dev prometheus python3 python3-matplotlib
     nodejs npm podman runc debootstrap libtorch-dev openmpi-bin libopenmpi-dev)
+  # The fuzz targets: clang, its sanitizer and libFuzzer runtimes, stack symbols.
+  packages+=(clang libclang-rt-14-dev llvm)
   # The Python client's tests: gRPC, protobuf, numpy, PyTorch, pip (installing it).
   packages+=(python3-grpcio python3-protobuf python3-numpy python3-torch python3-pip)
 fi

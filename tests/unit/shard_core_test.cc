@@ -236,6 +236,35 @@ TEST(ShardCoreTest, EveryRefusalLeavesStateBitIdentical) {
   EXPECT_TRUE(BitIdentical(h.State(), clean.State()));
 }
 
+TEST(ShardCoreTest, ChunkOutsideAnyStreamIsCancelled) {
+  // Session 0 is "no stream": a rank that joined but never opened one, or whose stream
+  // closed. Its slot is sized only by OpenStream, so such a chunk must not reach it.
+  const int64_t n = 4;
+  Harness h(ThreeWorkers(SmoothingMode::kGnc), n);
+  for (int r = 0; r < 3; ++r) ASSERT_TRUE(h.core().Join(h.Args(r)).ok());
+  ASSERT_TRUE(h.core().OfferParameters(0, kJob, {1, 2, 3, 4}).ok());
+  h.Reconnect(0);
+  h.Reconnect(2);
+  h.core().CloseStream(2, h.session(2));
+  const std::vector<float> before = h.State();
+  const std::vector<float> g = {1, 2, 3, 4};
+  const Payload payload = testing::FloatPayload(g);
+  for (int rank : {1, 2}) {
+    GradientChunk c;
+    c.rank = rank;
+    c.session = 0;
+    c.num_samples = 1;
+    c.payload = &payload;
+    c.last = true;
+    EXPECT_EQ(h.core().PushGradient(c).status().code(), absl::StatusCode::kCancelled) << rank;
+    EXPECT_EQ(h.core().NextPoint(rank, 0, PointTag()).status().code(),
+              absl::StatusCode::kCancelled)
+        << rank;
+  }
+  EXPECT_TRUE(BitIdentical(h.State(), before));
+  EXPECT_EQ(h.Step(), 0);
+}
+
 TEST(ShardCoreTest, StragglerTimeoutCompletesWithQuorumAndLateGradientIsAborted) {
   FakeClock clock;
   ShardOptions o = ThreeWorkers(SmoothingMode::kGnc);

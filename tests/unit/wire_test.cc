@@ -137,6 +137,49 @@ TEST(WireTest, ParsesProtobufSplitAnywhereAndMergedAcrossMessages) {
   EXPECT_EQ(view.step, 31);
 }
 
+TEST(WireTest, OneofMemberAfterTheOtherStartsFromDefaults) {
+  // Gradient(step 8), Hello, Gradient(): protobuf clears the gradient when the hello
+  // replaces it, so the last gradient has step 0; gnc must read the same.
+  v1::TrainRequest gradient, hello, empty_gradient, empty_hello;
+  gradient.mutable_gradient()->set_step(8);
+  gradient.mutable_gradient()->mutable_chunk()->set_offset(3);
+  hello.mutable_hello()->set_rank(2);
+  empty_gradient.mutable_gradient();
+  empty_hello.mutable_hello();
+  const std::string bytes = gradient.SerializeAsString() + hello.SerializeAsString() +
+                            empty_gradient.SerializeAsString();
+  v1::TrainRequest reference;
+  ASSERT_TRUE(reference.ParseFromString(bytes));
+  ASSERT_TRUE(reference.has_gradient());
+  std::vector<grpc::Slice> keep;
+  TrainRequestView view;
+  ASSERT_TRUE(ParseTrainRequest(Split(bytes, 3), &keep, &view).ok());
+  EXPECT_EQ(view.kind, TrainRequestView::Kind::kGradient);
+  EXPECT_EQ(view.step, reference.gradient().step());
+  EXPECT_EQ(view.chunk.offset, reference.gradient().chunk().offset());
+  // Hello, Gradient, Hello(): the rank is the default again.
+  const std::string hellos = hello.SerializeAsString() + gradient.SerializeAsString() +
+                             empty_hello.SerializeAsString();
+  ASSERT_TRUE(reference.ParseFromString(hellos));
+  ASSERT_TRUE(ParseTrainRequest(Split(hellos, 2), &keep, &view).ok());
+  EXPECT_EQ(view.kind, TrainRequestView::Kind::kHello);
+  EXPECT_EQ(view.rank, reference.hello().rank());
+  EXPECT_EQ(view.rank, 0);
+  // Ack after an EvalPoint: the point's fields are gone (step 0, no payload).
+  v1::TrainResponse point, ack;
+  point.mutable_eval_point()->set_step(5);
+  point.mutable_eval_point()->mutable_chunk()->set_data("abcd");
+  ack.mutable_ack()->set_code(3);
+  TrainResponseView response;
+  ASSERT_TRUE(ParseTrainResponse(Split(point.SerializeAsString() + ack.SerializeAsString(), 4),
+                                 &keep, &response)
+                  .ok());
+  EXPECT_EQ(response.kind, TrainResponseView::Kind::kAck);
+  EXPECT_EQ(response.ack_code, 3);
+  EXPECT_EQ(response.point.step, 0);
+  EXPECT_EQ(response.point.chunk.data.size, 0u);
+}
+
 TEST(WireTest, MalformedMessagesAreRefused) {
   v1::TrainResponse resp;
   resp.mutable_eval_point()->set_step(4);
