@@ -12,7 +12,10 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <memory>
+
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/layout.h"
 #include "proto/gnc.grpc.pb.h"
 #include "server/shard_core.h"
@@ -29,13 +32,33 @@ using ShardServiceBase = PS::WithCallbackMethod_Join<PS::WithCallbackMethod_Offe
     PS::WithRawCallbackMethod_Train<PS::WithRawCallbackMethod_PullParameters<
         PS::WithCallbackMethod_Leave<PS::WithCallbackMethod_GetStatus<
             PS::WithCallbackMethod_Rewind<PS::Service>>>>>>>;
+class Admission;
+class HelloDeadlines;
 }  // namespace internal
+
+// ServiceLimits: what one caller, or many, may hold open. A call over a limit ends
+// with RESOURCE_EXHAUSTED before anything is allocated for it.
+struct ServiceLimits {
+  // Train streams open at once, with or without their Hello; 0 = no limit.
+  int max_train_streams = 0;
+  // OfferParameters and PullParameters calls in progress (the unary calls finish in
+  // their handler); 0 = no limit.
+  int max_concurrent_rpcs = 0;
+  // A Train stream whose Hello has not come this long after it opened ends with
+  // DEADLINE_EXCEEDED (checked by CheckDeadlines).
+  absl::Duration hello_timeout = absl::Seconds(10);
+};
 
 class ParameterShardService final : public internal::ShardServiceBase {
  public:
   // REQUIRES: core (and observer, if not null) outlive the service and every call.
-  explicit ParameterShardService(ShardCore* core, ShardObserver* observer = nullptr)
-      : core_(core), observer_(observer) {}
+  ParameterShardService(ShardCore* core, ShardObserver* observer = nullptr,
+                        ServiceLimits limits = {});
+  ~ParameterShardService() override;
+
+  // CheckDeadlines: ends the Train streams whose Hello is overdue. Call often (the
+  // daemon does, with the core's CheckDeadline).
+  void CheckDeadlines();
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* ctx, const v1::JoinRequest* req,
                                  v1::JoinResponse* resp) override;
@@ -56,6 +79,10 @@ class ParameterShardService final : public internal::ShardServiceBase {
  private:
   ShardCore* const core_;
   ShardObserver* const observer_;
+  const ServiceLimits limits_;
+  const std::unique_ptr<internal::Admission> train_streams_;
+  const std::unique_ptr<internal::Admission> calls_;
+  const std::unique_ptr<internal::HelloDeadlines> hellos_;
 };
 
 }  // namespace gnc
