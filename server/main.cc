@@ -14,6 +14,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -116,6 +117,11 @@ ABSL_FLAG(int, max_concurrent_rpcs, 0,
 
 namespace gnc {
 namespace {
+
+// Threads for gRPC's synchronous services (reflection); see RunServer.
+constexpr int kMaxSyncThreads = 16;
+// HTTP/2 streams per connection; see RunServer.
+constexpr int kMaxStreamsPerConnection = 64;
 
 ServerSecurityOptions SecurityFromFlags() {
   ServerSecurityOptions o;
@@ -271,6 +277,15 @@ absl::Status RunServer(const ShardOptions& options) {
   }
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  // gnc's own service runs on gRPC's callback API (no thread per call); server
+  // reflection is a synchronous service, a thread per call in progress. Bound those
+  // threads: calls beyond them are answered RESOURCE_EXHAUSTED.
+  grpc::ResourceQuota quota("gnc-server");
+  quota.SetMaxThreads(kMaxSyncThreads);
+  builder.SetResourceQuota(quota);
+  // Streams one connection may open at once (a worker needs a few); more wait on the
+  // client's side, so one connection cannot fill the server with calls.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxStreamsPerConnection);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound_port == 0) {

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/allocation.h"
 #include "common/finite.h"
@@ -118,7 +119,7 @@ absl::StatusOr<JoinInfo> ShardCore::Join(const JoinArgs& args) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "a model of ", args.layout.NumElements(), " elements gives shard ",
           options_.shard_index, " ", range.size(), " elements, about ",
-          absl::SixDigits(bytes / (1 << 20)), " MiB of state with K=", options_.num_workers,
+          absl::StrFormat("%.0f", bytes / (1 << 20)), " MiB of state with K=", options_.num_workers,
           ", above this shard's limit of ", options_.max_shard_bytes >> 20,
           " MiB (--max_shard_bytes)"));
     }
