@@ -3,7 +3,8 @@
 // certificate, or the job's) and prints what each call came back with, one line per
 // call: "<what> <CODE> <message>". Every call has a deadline.
 //
-//   gnc_outsider calls --server=ADDR [--rank=0] [--num_workers=K] [security flags]
+//   gnc_outsider calls --server=ADDR [--rank=0] [--num_workers=K] [--calls=Join,...]
+//                      [--join_elements=N] [security flags]
 //     Every rpc once, as an outsider would abuse it: Join, OfferParameters, Train (a
 //     Hello as --rank, then a gradient with a huge sample count), PullParameters,
 //     Leave for every rank, GetStatus, Rewind, server reflection, and the health
@@ -32,6 +33,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/codec.h"
@@ -41,12 +43,18 @@
 ABSL_FLAG(std::string, server, "", "host:port of the shard");
 ABSL_FLAG(int, rank, 0, "Rank the outsider claims");
 ABSL_FLAG(int, num_workers, 2, "K, for Join and for the ranks Leave is sent for");
+ABSL_FLAG(int, num_shards, 1, "S, for Join");
+ABSL_FLAG(int, shard_index, 0, "The shard's index, for Join");
 ABSL_FLAG(int, streams, 100, "flood: Train streams to open");
 ABSL_FLAG(int, channels, 8, "flood: channels (connections) to spread them over");
 ABSL_FLAG(absl::Duration, hold, absl::Seconds(10), "flood: how long to hold the streams");
 ABSL_FLAG(std::string, method, "/gnc.v1.ParameterShard/Train", "flood: the streaming method");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(5), "Deadline of each call");
 ABSL_FLAG(std::string, out, "", "pull: file for w");
+ABSL_FLAG(std::string, calls, "",
+          "calls: only these, comma-separated (Join,Offer,Train,Pull,Leave,GetStatus,Rewind,"
+          "Reflection,Health); empty = all");
+ABSL_FLAG(int64_t, join_elements, int64_t{1} << 40, "calls: elements of the layout Join offers");
 ABSL_FLAG(std::string, tls_ca_file, "", "PEM CA of the servers (TLS)");
 ABSL_FLAG(std::string, tls_cert_file, "", "PEM client certificate (mutual TLS)");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM key of --tls_cert_file");
@@ -154,23 +162,34 @@ grpc::Status Outsider::GenericStream(const std::string& method, const std::strin
   return status;
 }
 
+// Wanted: whether --calls selects `name`.
+bool Wanted(absl::string_view name) {
+  const std::string calls = absl::GetFlag(FLAGS_calls);
+  if (calls.empty()) return true;
+  for (absl::string_view c : absl::StrSplit(calls, ',')) {
+    if (c == name) return true;
+  }
+  return false;
+}
+
 void Outsider::Calls() {
   const int rank = absl::GetFlag(FLAGS_rank);
   const int k = absl::GetFlag(FLAGS_num_workers);
-  {
+  if (Wanted("Join")) {
     v1::JoinRequest req;
     req.set_rank(rank);
     req.set_num_workers(k);
-    req.set_num_shards(1);
+    req.set_num_shards(absl::GetFlag(FLAGS_num_shards));
+    req.set_shard_index(absl::GetFlag(FLAGS_shard_index));
     req.set_local_batch_size(1 << 30);
     v1::TensorSpec* t = req.mutable_layout()->add_tensors();
     t->set_name("everything");
-    t->add_shape(int64_t{1} << 40);  // a shard nobody could hold
+    t->add_shape(absl::GetFlag(FLAGS_join_elements));  // by default a shard nobody could hold
     v1::JoinResponse resp;
     auto ctx = Context();
     Print("Join", stub_->Join(ctx.get(), req, &resp));
   }
-  {
+  if (Wanted("Offer")) {
     auto ctx = Context();
     v1::OfferParametersResponse resp;
     auto writer = stub_->OfferParameters(ctx.get(), &resp);
@@ -185,7 +204,7 @@ void Outsider::Calls() {
     writer->WritesDone();
     Print("Offer", writer->Finish());
   }
-  {
+  if (Wanted("Train")) {
     // A Hello as `rank`: on an open server this supersedes the real worker's stream.
     auto ctx = Context();
     auto stream = stub_->Train(ctx.get());
@@ -232,7 +251,7 @@ void Outsider::Calls() {
       Print("TrainGradient", s);
     }
   }
-  {
+  if (Wanted("Pull")) {
     auto ctx = Context();
     v1::PullRequest req;
     auto reader = stub_->PullParameters(ctx.get(), req);
@@ -243,19 +262,19 @@ void Outsider::Calls() {
     if (s.ok()) s = grpc::Status(grpc::StatusCode::OK, absl::StrCat("pulled ", elements, " elements"));
     Print("Pull", s);
   }
-  for (int r = 0; r < k; ++r) {
+  for (int r = 0; r < k && Wanted("Leave"); ++r) {
     auto ctx = Context();
     v1::LeaveRequest req;
     req.set_rank(r);
     v1::LeaveResponse resp;
     Print(absl::StrCat("Leave.", r), stub_->Leave(ctx.get(), req, &resp));
   }
-  {
+  if (Wanted("GetStatus")) {
     auto ctx = Context();
     v1::StatusResponse resp;
     Print("GetStatus", stub_->GetStatus(ctx.get(), v1::StatusRequest(), &resp));
   }
-  {
+  if (Wanted("Rewind")) {
     auto ctx = Context();
     v1::RewindRequest req;
     req.set_job_id(1);
@@ -265,9 +284,12 @@ void Outsider::Calls() {
     Print("Rewind", stub_->Rewind(ctx.get(), req, &resp));
   }
   // ServerReflectionRequest{list_services: ""} (field 7).
-  Print("Reflection",
-        GenericStream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                      std::string("\x3a\x00", 2)));
+  if (Wanted("Reflection")) {
+    Print("Reflection",
+          GenericStream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                        std::string("\x3a\x00", 2)));
+  }
+  if (!Wanted("Health")) return;
   std::string health;
   grpc::Status s = GenericUnary("/grpc.health.v1.Health/Check", "", &health);
   if (s.ok()) s = grpc::Status(grpc::StatusCode::OK, health == "\x08\x01" ? "SERVING" : "not serving");
