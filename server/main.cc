@@ -338,6 +338,7 @@ absl::Status RunServer(const ShardOptions& options) {
   }
   server->GetHealthCheckService()->SetServingStatus(false);
   core.Drain();
+  service.Drain();
   const absl::Time drain_deadline = absl::Now() + absl::GetFlag(FLAGS_drain_timeout);
   server->Shutdown(absl::ToChronoTime(drain_deadline));
   server->Wait();

@@ -52,8 +52,9 @@ class Admission {
 class HelloWaiter {
  public:
   virtual ~HelloWaiter() = default;
-  // OnHelloDue: its time is up; it ends unless its Hello came meanwhile.
-  virtual void OnHelloDue() = 0;
+  // OnHelloDue: its time is up (or the shard drains); it ends unless its Hello came
+  // meanwhile.
+  virtual void OnHelloDue(bool draining) = 0;
 };
 
 // HelloDeadlines: the streams waiting for their Hello, in the order they opened (so in
@@ -163,9 +164,9 @@ class TrainReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
       absl::MutexLock lock(&mu_);
       if (reactor_ != nullptr) reactor_->PointReady();
     }
-    void OnHelloDue() override {
+    void OnHelloDue(bool draining) override {
       absl::MutexLock lock(&mu_);
-      if (reactor_ != nullptr) reactor_->HelloDue();
+      if (reactor_ != nullptr) reactor_->HelloDue(draining);
     }
     void Detach() {
       absl::MutexLock lock(&mu_);
@@ -197,7 +198,7 @@ class TrainReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   };
 
   void PointReady();
-  void HelloDue();
+  void HelloDue(bool draining);
   void Fetch();
   void SendChunk();
   void Receive(const TrainRequestView& msg);
@@ -384,12 +385,16 @@ void TrainReactor::PointReady() {
   Fetch();
 }
 
-void TrainReactor::HelloDue() {
+void TrainReactor::HelloDue(bool draining) {
   {
     absl::MutexLock lock(&mu_);
     if (state_ != State::kHello || finished_) return;
     finished_ = true;
     state_ = State::kFinished;
+  }
+  if (draining) {
+    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "shard is draining"));
+    return;
   }
   if (observer_ != nullptr) observer_->OnLimited("hello_timeout");
   Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
@@ -688,7 +693,11 @@ ParameterShardService::ParameterShardService(ShardCore* core, ShardObserver* obs
 ParameterShardService::~ParameterShardService() = default;
 
 void ParameterShardService::CheckDeadlines() {
-  for (const auto& waiter : hellos_->TakeDue(absl::Now())) waiter->OnHelloDue();
+  for (const auto& waiter : hellos_->TakeDue(absl::Now())) waiter->OnHelloDue(false);
+}
+
+void ParameterShardService::Drain() {
+  for (const auto& waiter : hellos_->TakeDue(absl::InfiniteFuture())) waiter->OnHelloDue(true);
 }
 
 grpc::ServerUnaryReactor* ParameterShardService::Join(grpc::CallbackServerContext* ctx,

@@ -59,6 +59,10 @@ class ParameterShardService final : public internal::ShardServiceBase {
   // CheckDeadlines: ends the Train streams whose Hello is overdue. Call often (the
   // daemon does, with the core's CheckDeadline).
   void CheckDeadlines();
+  // Drain: ends every Train stream still without a Hello (UNAVAILABLE), so that they
+  // do not hold the shard's shutdown up; call with the core's Drain. A stream opened
+  // later still gets its hello_timeout.
+  void Drain();
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* ctx, const v1::JoinRequest* req,
                                  v1::JoinResponse* resp) override;

@@ -117,11 +117,10 @@ absl::StatusOr<JoinInfo> ShardCore::Join(const JoinArgs& args) {
     if (options_.max_shard_bytes > 0 && bytes > static_cast<double>(options_.max_shard_bytes)) {
       if (observer_ != nullptr) observer_->OnLimited("shard_bytes");
       return absl::ResourceExhaustedError(absl::StrCat(
-          "a model of ", args.layout.NumElements(), " elements gives shard ",
-          options_.shard_index, " ", range.size(), " elements, about ",
-          absl::StrFormat("%.0f", bytes / (1 << 20)), " MiB of state with K=", options_.num_workers,
-          ", above this shard's limit of ", options_.max_shard_bytes >> 20,
-          " MiB (--max_shard_bytes)"));
+          "shard ", options_.shard_index, " would need about ",
+          absl::StrFormat("%.0f", bytes / (1 << 20)), " MiB, above its --max_shard_bytes of ",
+          options_.max_shard_bytes >> 20, " MiB, for its ", range.size(), " of the model's ",
+          args.layout.NumElements(), " elements with K=", options_.num_workers));
     }
     range_ = range;
     has_layout_ = true;

@@ -74,7 +74,7 @@ const char* CodeName(grpc::StatusCode code) {
 }
 
 void Print(const std::string& what, const grpc::Status& s) {
-  std::string message = s.error_message().substr(0, 160);
+  std::string message = s.error_message().substr(0, 300);
   for (char& c : message) {
     if (c == '\n') c = ' ';
   }

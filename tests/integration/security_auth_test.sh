@@ -12,6 +12,7 @@
 # The token is in no log, no /metrics and no command line. A token accepted over
 # plaintext on a non-loopback address is warned about.
 source "$(dirname "$0")/security_lib.sh"
+require_openssl
 
 job=$WORK/job other=$WORK/other
 make_certs "$job"

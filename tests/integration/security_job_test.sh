@@ -9,6 +9,7 @@
 # run every step without a late gradient or a superseded stream and reach the demo's
 # accuracy (0.83 after 3 epochs).
 source "$(dirname "$0")/security_lib.sh"
+require_openssl
 
 job=$WORK/job other=$WORK/other
 make_certs "$job"

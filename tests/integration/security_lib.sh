@@ -19,8 +19,11 @@ fail() {
   exit 1
 }
 
-command -v openssl >/dev/null ||
-  skip "openssl not found (deploy/local/install-deps.sh --tests installs it)"
+# require_openssl: skips the test without openssl (make_certs needs it).
+require_openssl() {
+  command -v openssl >/dev/null ||
+    skip "openssl not found (deploy/local/install-deps.sh --tests installs it)"
+}
 command -v python3 >/dev/null || skip "python3 not found (free ports, /metrics)"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gnc-security-test.XXXXXX")
