@@ -6,7 +6,8 @@
 #   --tests    also what the test suite uses: GoogleTest, Google Benchmark,
 #              Prometheus/promtool, Python 3, Node.js + npm (manifest validation),
 #              podman + runc + debootstrap (container images built and run),
-#              libtorch-dev (the libtorch example)
+#              libtorch-dev (the libtorch example), openssl (the security tests'
+#              certificates, deploy/local/make-certs.sh)
 set -euo pipefail
 
 packages=(
@@ -17,7 +18,7 @@ packages=(
 )
 if [[ "${1:-}" == "--tests" ]]; then
   packages+=(libgtest-dev libgmock-dev libbenchmark-dev prometheus python3 nodejs npm
-    podman runc debootstrap libtorch-dev openmpi-bin libopenmpi-dev)
+    podman runc debootstrap libtorch-dev openmpi-bin libopenmpi-dev openssl)
   # The Python client's tests: gRPC, protobuf, numpy, PyTorch, pip (installing it).
   packages+=(python3-grpcio python3-protobuf python3-numpy python3-torch python3-pip)
 fi
