@@ -1,9 +1,6 @@
 #include "server/service.h"
 
 #include <algorithm>
-#include <atomic>
-#include <deque>
-#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -16,76 +13,9 @@
 #include "common/codec.h"
 #include "common/grpc_status.h"
 #include "common/wire.h"
+#include "server/call_limits.h"
 
 namespace gnc {
-namespace internal {
-
-// Admission: calls open now, against a cap (0: none). Lock-free.
-class Admission {
- public:
-  using OnChange = std::function<void(int open)>;
-  Admission(int cap, OnChange on_change) : cap_(cap), on_change_(std::move(on_change)) {}
-
-  // TryEnter: counts one more call, or returns false (nothing counted) at the cap.
-  bool TryEnter() {
-    const int open = open_.fetch_add(1, std::memory_order_relaxed) + 1;
-    if (cap_ > 0 && open > cap_) {
-      open_.fetch_sub(1, std::memory_order_relaxed);
-      return false;
-    }
-    if (on_change_) on_change_(open);
-    return true;
-  }
-  void Leave() {
-    const int open = open_.fetch_sub(1, std::memory_order_relaxed) - 1;
-    if (on_change_) on_change_(open);
-  }
-  int cap() const { return cap_; }
-
- private:
-  const int cap_;
-  const OnChange on_change_;
-  std::atomic<int> open_{0};
-};
-
-// HelloWaiter: a Train stream that has not said Hello yet.
-class HelloWaiter {
- public:
-  virtual ~HelloWaiter() = default;
-  // OnHelloDue: its time is up (or the shard drains); it ends unless its Hello came
-  // meanwhile.
-  virtual void OnHelloDue(bool draining) = 0;
-};
-
-// HelloDeadlines: the streams waiting for their Hello, in the order they opened (so in
-// deadline order: every stream gets the same timeout).
-class HelloDeadlines {
- public:
-  explicit HelloDeadlines(absl::Duration timeout) : timeout_(timeout) {}
-
-  absl::Duration timeout() const { return timeout_; }
-  void Add(std::weak_ptr<HelloWaiter> waiter) {
-    absl::MutexLock lock(&mu_);
-    due_.emplace_back(absl::Now() + timeout_, std::move(waiter));
-  }
-  // TakeDue: the waiters whose deadline has passed and that still exist.
-  std::vector<std::shared_ptr<HelloWaiter>> TakeDue(absl::Time now) {
-    std::vector<std::shared_ptr<HelloWaiter>> out;
-    absl::MutexLock lock(&mu_);
-    while (!due_.empty() && due_.front().first <= now) {
-      if (auto w = due_.front().second.lock()) out.push_back(std::move(w));
-      due_.pop_front();
-    }
-    return out;
-  }
-
- private:
-  const absl::Duration timeout_;
-  absl::Mutex mu_;
-  std::deque<std::pair<absl::Time, std::weak_ptr<HelloWaiter>>> due_ ABSL_GUARDED_BY(mu_);
-};
-
-}  // namespace internal
 namespace {
 
 v1::SmoothingMode ModeToProto(SmoothingMode mode) {
@@ -157,7 +87,7 @@ class TrainReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
  public:
   // Hook: what the core holds while the stream waits; forwards to the reactor while it
   // lives.
-  class Hook final : public PointWaiter, public internal::HelloWaiter {
+  class Hook final : public PointWaiter, public HelloWaiter {
    public:
     explicit Hook(TrainReactor* reactor) : reactor_(reactor) {}
     void OnPointReady() override {
@@ -179,8 +109,8 @@ class TrainReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   };
 
   // REQUIRES: the caller has entered `streams` for this stream; OnDone leaves it.
-  TrainReactor(ShardCore* core, ShardObserver* observer, internal::Admission* streams,
-               internal::HelloDeadlines* hellos)
+  TrainReactor(ShardCore* core, ShardObserver* observer, Admission* streams,
+               HelloDeadlines* hellos)
       : core_(core), observer_(observer), streams_(streams), hook_(std::make_shared<Hook>(this)) {
     hellos->Add(hook_);
     hello_timeout_ = hellos->timeout();
@@ -207,7 +137,7 @@ class TrainReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
 
   ShardCore* const core_;
   ShardObserver* const observer_;
-  internal::Admission* const streams_;
+  Admission* const streams_;
   const std::shared_ptr<Hook> hook_;
   absl::Duration hello_timeout_;
 
@@ -481,7 +411,7 @@ void TrainReactor::OnDone() {
 class OfferReactor final : public grpc::ServerReadReactor<v1::OfferParametersRequest> {
  public:
   // REQUIRES: the caller has entered `calls` for this call; OnDone leaves it.
-  OfferReactor(ShardCore* core, ShardObserver* observer, internal::Admission* calls,
+  OfferReactor(ShardCore* core, ShardObserver* observer, Admission* calls,
                v1::OfferParametersResponse* resp)
       : core_(core), observer_(observer), calls_(calls), resp_(resp) {
     StartRead(&req_);
@@ -566,7 +496,7 @@ class OfferReactor final : public grpc::ServerReadReactor<v1::OfferParametersReq
 
   ShardCore* const core_;
   ShardObserver* const observer_;
-  internal::Admission* const calls_;
+  Admission* const calls_;
   v1::OfferParametersResponse* const resp_;
   v1::OfferParametersRequest req_;
   std::vector<float> values_;
@@ -581,7 +511,7 @@ class OfferReactor final : public grpc::ServerReadReactor<v1::OfferParametersReq
 class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   // REQUIRES: the caller has entered `calls` for this call; OnDone leaves it.
-  PullReactor(ShardCore* core, ShardObserver* observer, internal::Admission* calls,
+  PullReactor(ShardCore* core, ShardObserver* observer, Admission* calls,
               const grpc::ByteBuffer* request)
       : observer_(observer), calls_(calls) {
     v1::PullRequest req;
@@ -649,7 +579,7 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   }
 
   ShardObserver* const observer_;
-  internal::Admission* const calls_;
+  Admission* const calls_;
   WireDType dtype_ = WireDType::kFloat32;
   PointTag tag_;
   PointBytes point_;
@@ -682,13 +612,13 @@ ParameterShardService::ParameterShardService(ShardCore* core, ShardObserver* obs
     : core_(core),
       observer_(observer),
       limits_(limits),
-      train_streams_(std::make_unique<internal::Admission>(
+      train_streams_(std::make_unique<Admission>(
           limits.max_train_streams,
           [observer](int open) {
             if (observer != nullptr) observer->OnTrainStreams(open);
           })),
-      calls_(std::make_unique<internal::Admission>(limits.max_concurrent_rpcs, nullptr)),
-      hellos_(std::make_unique<internal::HelloDeadlines>(limits.hello_timeout)) {}
+      calls_(std::make_unique<Admission>(limits.max_concurrent_rpcs, nullptr)),
+      hellos_(std::make_unique<HelloDeadlines>(limits.hello_timeout)) {}
 
 ParameterShardService::~ParameterShardService() = default;
 

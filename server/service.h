@@ -32,9 +32,10 @@ using ShardServiceBase = PS::WithCallbackMethod_Join<PS::WithCallbackMethod_Offe
     PS::WithRawCallbackMethod_Train<PS::WithRawCallbackMethod_PullParameters<
         PS::WithCallbackMethod_Leave<PS::WithCallbackMethod_GetStatus<
             PS::WithCallbackMethod_Rewind<PS::Service>>>>>>>;
+}  // namespace internal
+
 class Admission;
 class HelloDeadlines;
-}  // namespace internal
 
 // ServiceLimits: what one caller, or many, may hold open. A call over a limit ends
 // with RESOURCE_EXHAUSTED before anything is allocated for it.
@@ -84,9 +85,9 @@ class ParameterShardService final : public internal::ShardServiceBase {
   ShardCore* const core_;
   ShardObserver* const observer_;
   const ServiceLimits limits_;
-  const std::unique_ptr<internal::Admission> train_streams_;
-  const std::unique_ptr<internal::Admission> calls_;
-  const std::unique_ptr<internal::HelloDeadlines> hellos_;
+  const std::unique_ptr<Admission> train_streams_;
+  const std::unique_ptr<Admission> calls_;
+  const std::unique_ptr<HelloDeadlines> hellos_;
 };
 
 }  // namespace gnc
