@@ -289,7 +289,11 @@ absl::Status RunServer(const ShardOptions& options) {
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound_port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", address,
+        (*listeners)->tls() ? " (or gRPC refused the TLS certificate and key: gRPC's log "
+                              "above says which)"
+                            : ""));
   }
   if (health_port > 0 && bound_health_port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", health_address));

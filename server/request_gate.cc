@@ -5,6 +5,7 @@
 #include <grpc/slice.h>
 #include <grpcpp/security/server_credentials.h>
 
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -78,16 +79,23 @@ void DestroyState(void* state) { delete static_cast<std::shared_ptr<RequestGate>
 // that grpc::Server calls to bind a port with these credentials.
 class CoreServerCredentials final : public grpc::ServerCredentials {
  public:
-  CoreServerCredentials(grpc_server_credentials* creds, std::shared_ptr<RequestGate> gate)
-      : creds_(creds) {
+  // `make` runs once the base class has initialised gRPC; the credentials are unusable
+  // (ok() false) when it returns null.
+  CoreServerCredentials(const std::function<grpc_server_credentials*()>& make,
+                        std::shared_ptr<RequestGate> gate)
+      : creds_(make()) {
+    if (creds_ == nullptr) return;
     grpc_server_credentials_set_auth_metadata_processor(
         creds_, grpc_auth_metadata_processor{ProcessMetadata, DestroyState,
                                              new std::shared_ptr<RequestGate>(std::move(gate))});
   }
-  ~CoreServerCredentials() override { grpc_server_credentials_release(creds_); }
+  ~CoreServerCredentials() override {
+    if (creds_ != nullptr) grpc_server_credentials_release(creds_);
+  }
   CoreServerCredentials(const CoreServerCredentials&) = delete;
   CoreServerCredentials& operator=(const CoreServerCredentials&) = delete;
 
+  bool ok() const { return creds_ != nullptr; }
   // The gate is fixed at construction; gnc never installs another processor.
   void SetAuthMetadataProcessor(const std::shared_ptr<grpc::AuthMetadataProcessor>&) override {}
 
@@ -164,36 +172,41 @@ absl::StatusOr<std::unique_ptr<ServerListeners>> ServerListeners::Load(
   }
   std::unique_ptr<ServerListeners> out(new ServerListeners());
   out->has_token_ = !token.empty();
-  grpc_server_credentials* main = nullptr;
+  std::string cert, key, client_ca;
   if (options.tls()) {
-    absl::StatusOr<std::string> cert = ReadSecretFile(options.tls_cert_file, "TLS certificate");
-    if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadSecretFile(options.tls_key_file, "TLS key");
-    if (!key.ok()) return key.status();
-    std::string client_ca;
+    absl::StatusOr<std::string> c = ReadSecretFile(options.tls_cert_file, "TLS certificate");
+    if (!c.ok()) return c.status();
+    absl::StatusOr<std::string> k = ReadSecretFile(options.tls_key_file, "TLS key");
+    if (!k.ok()) return k.status();
     if (!options.tls_client_ca_file.empty()) {
       absl::StatusOr<std::string> ca = ReadSecretFile(options.tls_client_ca_file, "TLS client CA");
       if (!ca.ok()) return ca.status();
       client_ca = *std::move(ca);
     }
-    grpc_ssl_pem_key_cert_pair pair{key->c_str(), cert->c_str()};
+    cert = *std::move(c);
+    key = *std::move(k);
     out->tls_ = true;
     out->mutual_tls_ = !client_ca.empty();
-    main = grpc_ssl_server_credentials_create_ex(
-        client_ca.empty() ? nullptr : client_ca.c_str(), &pair, 1,
-        client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                          : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY,
-        nullptr);
-    if (main == nullptr) return absl::InvalidArgumentError("gRPC refused the TLS settings");
-  } else {
-    main = grpc_insecure_server_credentials_create();
   }
-  out->main_ = std::make_shared<CoreServerCredentials>(
-      main, std::make_shared<RequestGate>(RequestGate::Mode::kToken, token, on_refused));
-  out->health_ = std::make_shared<CoreServerCredentials>(
-      grpc_insecure_server_credentials_create(),
+  auto main = std::make_shared<CoreServerCredentials>(
+      [&]() -> grpc_server_credentials* {
+        if (!options.tls()) return grpc_insecure_server_credentials_create();
+        grpc_ssl_pem_key_cert_pair pair{key.c_str(), cert.c_str()};
+        return grpc_ssl_server_credentials_create_ex(
+            client_ca.empty() ? nullptr : client_ca.c_str(), &pair, 1,
+            client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                              : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY,
+            nullptr);
+      },
+      std::make_shared<RequestGate>(RequestGate::Mode::kToken, token, on_refused));
+  if (!main->ok()) return absl::InvalidArgumentError("gRPC refused the TLS settings");
+  auto health = std::make_shared<CoreServerCredentials>(
+      [] { return grpc_insecure_server_credentials_create(); },
       std::make_shared<RequestGate>(RequestGate::Mode::kHealthOnly, std::string(),
                                     std::move(on_refused)));
+  if (!health->ok()) return absl::InternalError("gRPC made no plaintext credentials");
+  out->main_ = std::move(main);
+  out->health_ = std::move(health);
   return out;
 }
 
