@@ -127,6 +127,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--step_timeout", type=float, default=600.0,
                    help="seconds without progress before giving up")
     p.add_argument("--progress_interval", type=float, default=5.0, help="seconds")
+    p.add_argument("--tls_ca_file", help="PEM CA of the shards' certificates (TLS)")
+    p.add_argument("--tls_cert_file", help="PEM certificate of this worker (mutual TLS)")
+    p.add_argument("--tls_key_file", help="PEM key of --tls_cert_file")
+    p.add_argument("--auth_token_file", help="file holding the job token")
     args = p.parse_args(argv)
     if not 0 <= args.rank < args.num_workers:
         p.error(f"--rank {args.rank} outside [0, {args.num_workers})")
@@ -160,7 +164,9 @@ def run(args: argparse.Namespace) -> None:
                     local_batch_size=args.batch_size, wire_dtype=args.wire_dtype,
                     connect_timeout=args.connect_timeout,
                     reconnect_timeout=args.reconnect_timeout,
-                    step_timeout=args.step_timeout) as client:
+                    step_timeout=args.step_timeout, tls_ca_file=args.tls_ca_file,
+                    tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
+                    auth_token_file=args.auth_token_file) as client:
         if client.job.total_steps and client.job.total_steps != total:
             raise ValueError(f"the servers run {client.job.total_steps} steps "
                              f"(--total_steps), this worker {total}")

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/allocation.h"
 #include "common/log.h"
 
 namespace gnc {
@@ -191,8 +192,14 @@ absl::StatusOr<ShardState> CheckpointStore::ReadFile(const std::string& path, in
                                       " bytes, the header promises ", expected));
   }
   ShardState state;
-  auto w = std::make_shared<Floats>(static_cast<size_t>(h.shard_elements));
-  auto v = std::make_shared<Floats>(static_cast<size_t>(h.shard_elements));
+  std::shared_ptr<Floats> w, v;
+  if (absl::Status s = TryAllocate("a checkpoint's w and v", [&] {
+        w = std::make_shared<Floats>(static_cast<size_t>(h.shard_elements));
+        v = std::make_shared<Floats>(static_cast<size_t>(h.shard_elements));
+      });
+      !s.ok()) {
+    return absl::ResourceExhaustedError(absl::StrCat(path, ": ", s.message()));
+  }
   const size_t bytes = w->size() * sizeof(float);
   uint32_t stored = 0;
   for (auto [ptr, n] : {std::pair<void*, size_t>{w->data(), bytes},

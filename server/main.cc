@@ -1,6 +1,7 @@
 // gnc-server: serves one shard of a gnc job over gRPC.
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -21,6 +23,7 @@
 #include "absl/time/clock.h"
 #include "common/codec.h"
 #include "common/command_line.h"
+#include "common/credentials.h"
 #include "common/log.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
@@ -28,6 +31,7 @@
 #include "server/device.h"
 #include "server/metrics.h"
 #include "server/options.h"
+#include "server/request_gate.h"
 #include "server/service.h"
 #include "server/shard_core.h"
 
@@ -89,9 +93,62 @@ ABSL_FLAG(double, max_gradient_norm, 0.0,
 ABSL_FLAG(absl::Duration, stall_report_after, absl::Seconds(30),
           "A step waiting longer than this for its workers is logged (every as long) and "
           "exported (gnc_step_wait_seconds, gnc_waiting_workers)");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate chain of this server: serve gRPC over TLS (with --tls_key_file)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM CA certificates: mutual TLS, every client must present a certificate signed "
+          "by one of them (needs --tls_cert_file)");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding the job token: every call but health checks must carry "
+          "'authorization: Bearer <token>' (UNAUTHENTICATED otherwise)");
+ABSL_FLAG(int, health_port, 0,
+          "Also serve grpc.health.v1, and nothing else, in plaintext on this port (for "
+          "Kubernetes probes when TLS is on); 0 = off");
+ABSL_FLAG(int64_t, max_shard_bytes, 0,
+          "Refuse (RESOURCE_EXHAUSTED) a first Join whose model would need more memory on "
+          "this shard than this many bytes: (2K + 4) x 4 bytes per element in modes gnc "
+          "and isotropic, (K + 4) x 4 in none. 0 = half the memory this process may use "
+          "(the machine's, or its cgroup's limit)");
+ABSL_FLAG(absl::Duration, hello_timeout, absl::Seconds(10),
+          "A Train stream must send its Hello within this time of opening "
+          "(DEADLINE_EXCEEDED otherwise)");
+ABSL_FLAG(int, max_train_streams, 0,
+          "Train streams open at once, Hello or not; more are refused (RESOURCE_EXHAUSTED). "
+          "0 = 2K + 8 (room for every worker to reconnect)");
+ABSL_FLAG(int, max_concurrent_rpcs, 0,
+          "OfferParameters and PullParameters calls in progress at once; more are refused "
+          "(RESOURCE_EXHAUSTED). 0 = 2K + 16");
 
 namespace gnc {
 namespace {
+
+// Threads for gRPC's synchronous services (reflection); see RunServer.
+constexpr int kMaxSyncThreads = 16;
+// HTTP/2 streams per connection; see RunServer.
+constexpr int kMaxStreamsPerConnection = 64;
+
+ServerSecurityOptions SecurityFromFlags() {
+  ServerSecurityOptions o;
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  o.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  return o;
+}
+
+// MemoryLimitBytes: the memory this process may use: the machine's, or less when its
+// cgroup (v2 memory.max, v1 memory.limit_in_bytes) says so.
+int64_t MemoryLimitBytes() {
+  int64_t limit = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  for (const char* path :
+       {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream in(path);
+    int64_t cgroup = 0;
+    if (in >> cgroup && cgroup > 0 && cgroup < limit) limit = cgroup;  // "max" fails >>
+  }
+  return limit;
+}
 
 absl::StatusOr<ShardOptions> OptionsFromFlags() {
   ShardOptions o;
@@ -136,10 +193,32 @@ absl::StatusOr<ShardOptions> OptionsFromFlags() {
   }
   const int port = absl::GetFlag(FLAGS_port);
   const int metrics_port = absl::GetFlag(FLAGS_metrics_port);
-  if (port < 0 || port > 65535 || metrics_port < 0 || metrics_port > 65535) {
+  const int health_port = absl::GetFlag(FLAGS_health_port);
+  if (port < 0 || port > 65535 || metrics_port < 0 || metrics_port > 65535 || health_port < 0 ||
+      health_port > 65535) {
     return absl::InvalidArgumentError("ports must be in [0, 65535]");
   }
+  if (absl::Status s = SecurityFromFlags().Validate(); !s.ok()) return s;
+  o.max_shard_bytes = absl::GetFlag(FLAGS_max_shard_bytes);
+  if (o.max_shard_bytes < 0) return absl::InvalidArgumentError("--max_shard_bytes must be >= 0");
+  if (o.max_shard_bytes == 0) o.max_shard_bytes = MemoryLimitBytes() / 2;
+  if (absl::GetFlag(FLAGS_hello_timeout) <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--hello_timeout must be positive");
+  }
+  if (absl::GetFlag(FLAGS_max_train_streams) < 0 || absl::GetFlag(FLAGS_max_concurrent_rpcs) < 0) {
+    return absl::InvalidArgumentError("--max_train_streams and --max_concurrent_rpcs must be >= 0");
+  }
   return o;
+}
+
+ServiceLimits LimitsFromFlags(const ShardOptions& o) {
+  ServiceLimits limits;
+  limits.max_train_streams = absl::GetFlag(FLAGS_max_train_streams);
+  if (limits.max_train_streams == 0) limits.max_train_streams = 2 * o.num_workers + 8;
+  limits.max_concurrent_rpcs = absl::GetFlag(FLAGS_max_concurrent_rpcs);
+  if (limits.max_concurrent_rpcs == 0) limits.max_concurrent_rpcs = 2 * o.num_workers + 16;
+  limits.hello_timeout = absl::GetFlag(FLAGS_hello_timeout);
+  return limits;
 }
 
 // RunServer: serves until SIGTERM/SIGINT (drain) or, with --exit_when_done, until
@@ -187,22 +266,46 @@ absl::Status RunServer(const ShardOptions& options) {
     if (!store.ok()) return store.status();
     checkpoints = *std::move(store);
   }
+  absl::StatusOr<std::unique_ptr<ServerListeners>> listeners =
+      ServerListeners::Load(SecurityFromFlags(), [&metrics] { metrics.OnUnauthenticated(); });
+  if (!listeners.ok()) return listeners.status();
   ShardCore core(options, *std::move(backend), &metrics, nullptr, checkpoints.get());
   if (absl::Status s = core.RestoreNewest(); !s.ok()) return s;
-  ParameterShardService service(&core, &metrics);
+  ParameterShardService service(&core, &metrics, LimitsFromFlags(options));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  int bound_port = 0;
+  int bound_port = 0, bound_health_port = 0;
   const std::string address =
       absl::StrCat(absl::GetFlag(FLAGS_address), ":", absl::GetFlag(FLAGS_port));
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound_port);
+  builder.AddListeningPort(address, (*listeners)->main(), &bound_port);
+  const int health_port = absl::GetFlag(FLAGS_health_port);
+  const std::string health_address = absl::StrCat(absl::GetFlag(FLAGS_address), ":", health_port);
+  if (health_port > 0) {
+    builder.AddListeningPort(health_address, (*listeners)->health(), &bound_health_port);
+  }
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  // gnc's own service runs on gRPC's callback API (no thread per call); server
+  // reflection is a synchronous service, a thread per call in progress. Bound those
+  // threads: calls beyond them are answered RESOURCE_EXHAUSTED.
+  grpc::ResourceQuota quota("gnc-server");
+  quota.SetMaxThreads(kMaxSyncThreads);
+  builder.SetResourceQuota(quota);
+  // Streams one connection may open at once (a worker needs a few); more wait on the
+  // client's side, so one connection cannot fill the server with calls.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, kMaxStreamsPerConnection);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound_port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", address,
+        (*listeners)->tls() ? " (or gRPC refused the TLS certificate and key: gRPC's log "
+                              "above says which)"
+                            : ""));
+  }
+  if (health_port > 0 && bound_health_port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", health_address));
   }
   if (const std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
     const std::string tmp = path + ".tmp";
@@ -214,6 +317,19 @@ absl::Status RunServer(const ShardOptions& options) {
           ", mode=", SmoothingModeName(options.mode),
           options.noise_timing == NoiseTiming::kFresh ? " with fresh noise" : "",
           ", device=", device_name, ", config hash ", absl::Hex(options.ConfigHash()), ")");
+  const ServerListeners& security = **listeners;
+  LogInfo("security: ",
+          security.tls() ? (security.mutual_tls() ? "mutual TLS" : "TLS") : "plaintext",
+          security.has_token() ? ", job token required" : ", no job token",
+          health_port > 0 ? absl::StrCat(", plaintext health port ", bound_health_port) : "",
+          "; limits: ", options.max_shard_bytes >> 20, " MiB of shard state, ",
+          LimitsFromFlags(options).max_train_streams, " Train streams, ",
+          LimitsFromFlags(options).max_concurrent_rpcs, " offers and pulls, Hello within ",
+          absl::FormatDuration(absl::GetFlag(FLAGS_hello_timeout)));
+  if (security.has_token() && !security.tls() && !IsLoopbackAddress(address)) {
+    LogWarning("the job token is accepted in plaintext on ", address,
+               ": anyone on the network path can read it; serve TLS (--tls_cert_file)");
+  }
 
   sigset_t signals;
   sigemptyset(&signals);
@@ -228,6 +344,7 @@ absl::Status RunServer(const ShardOptions& options) {
       break;
     }
     core.CheckDeadline();
+    service.CheckDeadlines();
     if (exit_when_done && core.Done()) {
       LogInfo("the job is done (every live worker has left): shutting down");
       break;
@@ -235,6 +352,7 @@ absl::Status RunServer(const ShardOptions& options) {
   }
   server->GetHealthCheckService()->SetServingStatus(false);
   core.Drain();
+  service.Drain();
   const absl::Time drain_deadline = absl::Now() + absl::GetFlag(FLAGS_drain_timeout);
   server->Shutdown(absl::ToChronoTime(drain_deadline));
   server->Wait();

@@ -27,6 +27,23 @@ ShardMetrics::ShardMetrics(prometheus::Registry& registry, const ShardMetricsOpt
                            .Name("gnc_rejected_gradients_total")
                            .Help("Gradient chunks refused, by reason")
                            .Register(registry)),
+      limited_family_(BuildCounter()
+                          .Name("gnc_limited_calls_total")
+                          .Help("Calls refused by a limit (RESOURCE_EXHAUSTED or, for a "
+                                "stream without its Hello in time, DEADLINE_EXCEEDED), by "
+                                "reason")
+                          .Register(registry)),
+      unauthenticated_(BuildCounter()
+                           .Name("gnc_unauthenticated_requests_total")
+                           .Help("Calls refused for a missing or wrong job token, or for "
+                                 "not being a health check on the health port")
+                           .Register(registry)
+                           .Add({{"shard", absl::StrCat(options.shard_index)}})),
+      train_streams_(BuildGauge()
+                         .Name("gnc_train_streams")
+                         .Help("Train streams open on this shard, with or without a Hello")
+                         .Register(registry)
+                         .Add({{"shard", absl::StrCat(options.shard_index)}})),
       steps_(BuildCounter()
                  .Name("gnc_steps_total")
                  .Help("Steps completed by this shard")
@@ -205,6 +222,10 @@ ShardMetrics::ShardMetrics(prometheus::Registry& registry, const ShardMetricsOpt
         "unknown_worker", "rewound", "diverged"}) {
     rejected_family_.Add({{"shard", absl::StrCat(options.shard_index)}, {"reason", reason}});
   }
+  for (const char* reason :
+       {"train_streams", "concurrent_calls", "hello_timeout", "shard_bytes", "allocation"}) {
+    limited_family_.Add({{"shard", absl::StrCat(options.shard_index)}, {"reason", reason}});
+  }
 }
 
 void ShardMetrics::OnStep(const StepReport& r) {
@@ -274,5 +295,15 @@ void ShardMetrics::OnGradientBytes(int64_t bytes) {
 }
 
 void ShardMetrics::OnSentBytes(int64_t bytes) { sent_bytes_.Increment(static_cast<double>(bytes)); }
+
+void ShardMetrics::OnUnauthenticated() { unauthenticated_.Increment(); }
+
+void ShardMetrics::OnLimited(std::string_view reason) {
+  limited_family_
+      .Add({{"shard", absl::StrCat(options_.shard_index)}, {"reason", std::string(reason)}})
+      .Increment();
+}
+
+void ShardMetrics::OnTrainStreams(int open) { train_streams_.Set(open); }
 
 }  // namespace gnc

@@ -40,6 +40,9 @@ class ShardMetrics final : public ShardObserver, public CheckpointObserver {
   void OnMembership(int connected, int finished) override;
   void OnGradientBytes(int64_t bytes) override;
   void OnSentBytes(int64_t bytes) override;
+  void OnUnauthenticated() override;
+  void OnLimited(std::string_view reason) override;
+  void OnTrainStreams(int open) override;
   void OnJobState(const JobStateInfo& state) override;
   void OnRewind() override;
   void OnWaiting(int ranks, absl::Duration waited) override;
@@ -49,6 +52,9 @@ class ShardMetrics final : public ShardObserver, public CheckpointObserver {
  private:
   const ShardMetricsOptions options_;
   prometheus::Family<prometheus::Counter>& rejected_family_;
+  prometheus::Family<prometheus::Counter>& limited_family_;
+  prometheus::Counter& unauthenticated_;
+  prometheus::Gauge& train_streams_;
   prometheus::Counter& steps_;
   prometheus::Histogram& step_duration_;
   prometheus::Histogram& merge_duration_;

@@ -115,10 +115,16 @@ absl::Status ShardOptions::Validate() const {
     return bad("max_gradient_norm must be finite and >= 0, got ", max_gradient_norm);
   }
   if (straggler_timeout <= absl::ZeroDuration()) return bad("straggler_timeout must be > 0");
+  if (max_shard_bytes < 0) return bad("max_shard_bytes must be >= 0, got ", max_shard_bytes);
   if (!(noise_ema >= 0 && noise_ema < 1)) return bad("noise_ema must be in [0, 1), got ", noise_ema);
   if (checkpoint_every < 0) return bad("checkpoint_every must be >= 0, got ", checkpoint_every);
   if (stall_report_after <= absl::ZeroDuration()) return bad("stall_report_after must be > 0");
   return absl::OkStatus();
+}
+
+double ShardOptions::StateBytes(int64_t elements) const {
+  const int per_element = 4 + num_workers + (mode == SmoothingMode::kNone ? 0 : num_workers);
+  return 4.0 * static_cast<double>(elements) * per_element;
 }
 
 uint64_t ShardOptions::ConfigHash() const {

@@ -69,6 +69,9 @@ struct ShardOptions {
   int64_t checkpoint_every = 0;     // steps between checkpoints; 0 = none (but w0)
   // A step waiting longer than this is reported (log line, metrics) as stalled.
   absl::Duration stall_report_after = absl::Seconds(30);
+  // A first Join whose layout would make StateBytes() exceed this is refused
+  // (RESOURCE_EXHAUSTED) before anything is allocated or fixed; 0 = no limit.
+  int64_t max_shard_bytes = 0;
 
   int EffectiveMinWorkers() const { return min_workers > 0 ? min_workers : num_workers; }
   // PassesPerStep: rounds of gradients per optimizer step (2 with fresh noise). The
@@ -77,6 +80,10 @@ struct ShardOptions {
   int64_t PassesPerStep() const { return noise_timing == NoiseTiming::kFresh ? 2 : 1; }
   // TotalPasses: the job's length on the wire (0: not set).
   int64_t TotalPasses() const { return lr.total_steps * PassesPerStep(); }
+  // StateBytes: the memory a shard of `elements` floats holds at most while training:
+  // w and v and their next-step buffers, K gradient slots and, unless mode is none,
+  // K perturbed points (4 bytes each). A double: any int64 layout fits without overflow.
+  double StateBytes(int64_t elements) const;
   // Validate: INVALID_ARGUMENT naming the bad setting.
   absl::Status Validate() const;
   // ConfigHash: stable hash of every job-wide setting (not shard_index, nor the

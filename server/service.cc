@@ -2,14 +2,18 @@
 
 #include <algorithm>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/allocation.h"
 #include "common/codec.h"
 #include "common/grpc_status.h"
 #include "common/wire.h"
+#include "server/call_limits.h"
 
 namespace gnc {
 namespace {
@@ -59,6 +63,19 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const grpc::Sta
   return reactor;
 }
 
+// Refused: a streaming call ended at once (over a limit), before anything is
+// allocated for it.
+template <typename Reactor>
+class Refused final : public Reactor {
+ public:
+  explicit Refused(const grpc::Status& status) { this->Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+grpc::Status Exhausted(std::string message) {
+  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, std::move(message));
+}
+
 // ChunkElements: elements per message of a point or a pull: 1 MiB of float32.
 constexpr int64_t kChunkElements = kDefaultChunkElements;
 
@@ -70,12 +87,16 @@ class TrainReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
  public:
   // Hook: what the core holds while the stream waits; forwards to the reactor while it
   // lives.
-  class Hook final : public PointWaiter {
+  class Hook final : public PointWaiter, public HelloWaiter {
    public:
     explicit Hook(TrainReactor* reactor) : reactor_(reactor) {}
     void OnPointReady() override {
       absl::MutexLock lock(&mu_);
       if (reactor_ != nullptr) reactor_->PointReady();
+    }
+    void OnHelloDue(bool draining) override {
+      absl::MutexLock lock(&mu_);
+      if (reactor_ != nullptr) reactor_->HelloDue(draining);
     }
     void Detach() {
       absl::MutexLock lock(&mu_);
@@ -87,8 +108,12 @@ class TrainReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
     TrainReactor* reactor_ ABSL_GUARDED_BY(mu_);
   };
 
-  TrainReactor(ShardCore* core, ShardObserver* observer)
-      : core_(core), observer_(observer), hook_(std::make_shared<Hook>(this)) {
+  // REQUIRES: the caller has entered `streams` for this stream; OnDone leaves it.
+  TrainReactor(ShardCore* core, ShardObserver* observer, Admission* streams,
+               HelloDeadlines* hellos)
+      : core_(core), observer_(observer), streams_(streams), hook_(std::make_shared<Hook>(this)) {
+    hellos->Add(hook_);
+    hello_timeout_ = hellos->timeout();
     StartRead(&in_);
   }
 
@@ -98,9 +123,12 @@ class TrainReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
   void OnDone() override;
 
  private:
-  enum class State { kHello, kReceiving, kAcking, kFetching, kWaiting, kSending, kFinished };
+  enum class State {
+    kHello, kOpening, kReceiving, kAcking, kFetching, kWaiting, kSending, kFinished
+  };
 
   void PointReady();
+  void HelloDue(bool draining);
   void Fetch();
   void SendChunk();
   void Receive(const TrainRequestView& msg);
@@ -109,7 +137,9 @@ class TrainReactor final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc
 
   ShardCore* const core_;
   ShardObserver* const observer_;
+  Admission* const streams_;
   const std::shared_ptr<Hook> hook_;
+  absl::Duration hello_timeout_;
 
   absl::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kHello;
@@ -163,6 +193,11 @@ void TrainReactor::OnReadDone(bool ok) {
     return;
   }
   if (rank_ < 0) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;  // the Hello came after its deadline: the stream has ended
+      state_ = State::kOpening;
+    }
     if (msg.kind != TrainRequestView::Kind::kHello) {
       End(Invalid("the first message of a Train stream must be a Hello"));
       return;
@@ -280,6 +315,23 @@ void TrainReactor::PointReady() {
   Fetch();
 }
 
+void TrainReactor::HelloDue(bool draining) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (state_ != State::kHello || finished_) return;
+    finished_ = true;
+    state_ = State::kFinished;
+  }
+  if (draining) {
+    Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "shard is draining"));
+    return;
+  }
+  if (observer_ != nullptr) observer_->OnLimited("hello_timeout");
+  Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                      absl::StrCat("no Hello within ", absl::FormatDuration(hello_timeout_),
+                                   " of opening the Train stream")));
+}
+
 void TrainReactor::Fetch() {
   while (true) {
     {
@@ -296,7 +348,13 @@ void TrainReactor::Fetch() {
     }
     if (*pub != nullptr) {
       sending_ = (*pub)->tag();
-      point_ = (*pub)->For(rank_, dtype_);
+      if (absl::Status s = TryAllocate("the point in the stream's encoding",
+                                       [&] { point_ = (*pub)->For(rank_, dtype_); });
+          !s.ok()) {
+        if (observer_ != nullptr) observer_->OnLimited("allocation");
+        End(ToGrpcStatus(s));
+        return;
+      }
       point_elements_ =
           static_cast<int64_t>(point_.bytes.size() / ElementBytes(dtype_));
       next_offset_ = 0;
@@ -345,13 +403,17 @@ void TrainReactor::OnCancel() {
 void TrainReactor::OnDone() {
   hook_->Detach();
   if (session_ != 0) core_->CloseStream(rank_, session_);
+  streams_->Leave();
   delete this;
 }
 
 // OfferReactor: the chunks of w0, decoded into one vector, then offered to the core.
 class OfferReactor final : public grpc::ServerReadReactor<v1::OfferParametersRequest> {
  public:
-  OfferReactor(ShardCore* core, v1::OfferParametersResponse* resp) : core_(core), resp_(resp) {
+  // REQUIRES: the caller has entered `calls` for this call; OnDone leaves it.
+  OfferReactor(ShardCore* core, ShardObserver* observer, Admission* calls,
+               v1::OfferParametersResponse* resp)
+      : core_(core), observer_(observer), calls_(calls), resp_(resp) {
     StartRead(&req_);
   }
 
@@ -364,12 +426,17 @@ class OfferReactor final : public grpc::ServerReadReactor<v1::OfferParametersReq
       first_ = false;
       rank_ = req_.rank();
       job_id_ = req_.job_id();
-      absl::StatusOr<int64_t> size = core_->ShardSize();
+      absl::StatusOr<int64_t> size = core_->OfferSize(rank_);
       if (!size.ok()) {
         Finish(ToGrpcStatus(size.status()));
         return;
       }
-      values_.resize(*size);
+      if (absl::Status s = TryAllocate("the offer's buffer", [&] { values_.resize(*size); });
+          !s.ok()) {
+        if (observer_ != nullptr) observer_->OnLimited("allocation");
+        Finish(ToGrpcStatus(s));
+        return;
+      }
     }
     if (done_) {
       Finish(Invalid("chunk after the one marked last"));
@@ -400,7 +467,10 @@ class OfferReactor final : public grpc::ServerReadReactor<v1::OfferParametersReq
     StartRead(&req_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    calls_->Leave();
+    delete this;
+  }
 
  private:
   void Complete() {
@@ -425,6 +495,8 @@ class OfferReactor final : public grpc::ServerReadReactor<v1::OfferParametersReq
   }
 
   ShardCore* const core_;
+  ShardObserver* const observer_;
+  Admission* const calls_;
   v1::OfferParametersResponse* const resp_;
   v1::OfferParametersRequest req_;
   std::vector<float> values_;
@@ -438,8 +510,10 @@ class OfferReactor final : public grpc::ServerReadReactor<v1::OfferParametersReq
 // PullReactor: the current w, in chunks straight from the publication.
 class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  PullReactor(ShardCore* core, ShardObserver* observer, const grpc::ByteBuffer* request)
-      : observer_(observer) {
+  // REQUIRES: the caller has entered `calls` for this call; OnDone leaves it.
+  PullReactor(ShardCore* core, ShardObserver* observer, Admission* calls,
+              const grpc::ByteBuffer* request)
+      : observer_(observer), calls_(calls) {
     v1::PullRequest req;
     std::vector<grpc::Slice> slices;
     std::string bytes;
@@ -463,7 +537,13 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     }
     dtype_ = *dtype;
     tag_ = pub->tag();
-    point_ = pub->For(-1, dtype_);
+    if (absl::Status s = TryAllocate("the parameters in the pull's encoding",
+                                     [&] { point_ = pub->For(-1, dtype_); });
+        !s.ok()) {
+      if (observer_ != nullptr) observer_->OnLimited("allocation");
+      Finish(ToGrpcStatus(s));
+      return;
+    }
     elements_ = static_cast<int64_t>(point_.bytes.size() / ElementBytes(dtype_));
     Next();
   }
@@ -480,7 +560,10 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     Next();
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    calls_->Leave();
+    delete this;
+  }
 
  private:
   void Next() {
@@ -496,6 +579,7 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   }
 
   ShardObserver* const observer_;
+  Admission* const calls_;
   WireDType dtype_ = WireDType::kFloat32;
   PointTag tag_;
   PointBytes point_;
@@ -521,6 +605,29 @@ void LayoutToProto(const ModelLayout& layout, v1::ModelLayout* proto) {
     out->set_name(t.name);
     for (int64_t d : t.shape) out->add_shape(d);
   }
+}
+
+ParameterShardService::ParameterShardService(ShardCore* core, ShardObserver* observer,
+                                             ServiceLimits limits)
+    : core_(core),
+      observer_(observer),
+      limits_(limits),
+      train_streams_(std::make_unique<Admission>(
+          limits.max_train_streams,
+          [observer](int open) {
+            if (observer != nullptr) observer->OnTrainStreams(open);
+          })),
+      calls_(std::make_unique<Admission>(limits.max_concurrent_rpcs, nullptr)),
+      hellos_(std::make_unique<HelloDeadlines>(limits.hello_timeout)) {}
+
+ParameterShardService::~ParameterShardService() = default;
+
+void ParameterShardService::CheckDeadlines() {
+  for (const auto& waiter : hellos_->TakeDue(absl::Now())) waiter->OnHelloDue(false);
+}
+
+void ParameterShardService::Drain() {
+  for (const auto& waiter : hellos_->TakeDue(absl::InfiniteFuture())) waiter->OnHelloDue(true);
 }
 
 grpc::ServerUnaryReactor* ParameterShardService::Join(grpc::CallbackServerContext* ctx,
@@ -553,17 +660,35 @@ grpc::ServerUnaryReactor* ParameterShardService::Join(grpc::CallbackServerContex
 
 grpc::ServerReadReactor<v1::OfferParametersRequest>* ParameterShardService::OfferParameters(
     grpc::CallbackServerContext*, v1::OfferParametersResponse* resp) {
-  return new OfferReactor(core_, resp);
+  if (!calls_->TryEnter()) {
+    if (observer_ != nullptr) observer_->OnLimited("concurrent_calls");
+    return new Refused<grpc::ServerReadReactor<v1::OfferParametersRequest>>(
+        Exhausted(absl::StrCat("this shard already serves ", calls_->cap(),
+                               " offers and pulls (--max_concurrent_rpcs); retry later")));
+  }
+  return new OfferReactor(core_, observer_, calls_.get(), resp);
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ParameterShardService::Train(
     grpc::CallbackServerContext*) {
-  return new TrainReactor(core_, observer_);
+  if (!train_streams_->TryEnter()) {
+    if (observer_ != nullptr) observer_->OnLimited("train_streams");
+    return new Refused<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>(
+        Exhausted(absl::StrCat("this shard already has ", train_streams_->cap(),
+                               " Train streams open (--max_train_streams); retry later")));
+  }
+  return new TrainReactor(core_, observer_, train_streams_.get(), hellos_.get());
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* ParameterShardService::PullParameters(
     grpc::CallbackServerContext*, const grpc::ByteBuffer* req) {
-  return new PullReactor(core_, observer_, req);
+  if (!calls_->TryEnter()) {
+    if (observer_ != nullptr) observer_->OnLimited("concurrent_calls");
+    return new Refused<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
+        Exhausted(absl::StrCat("this shard already serves ", calls_->cap(),
+                               " offers and pulls (--max_concurrent_rpcs); retry later")));
+  }
+  return new PullReactor(core_, observer_, calls_.get(), req);
 }
 
 grpc::ServerUnaryReactor* ParameterShardService::Leave(grpc::CallbackServerContext* ctx,

@@ -12,7 +12,10 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <memory>
+
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/layout.h"
 #include "proto/gnc.grpc.pb.h"
 #include "server/shard_core.h"
@@ -31,11 +34,36 @@ using ShardServiceBase = PS::WithCallbackMethod_Join<PS::WithCallbackMethod_Offe
             PS::WithCallbackMethod_Rewind<PS::Service>>>>>>>;
 }  // namespace internal
 
+class Admission;
+class HelloDeadlines;
+
+// ServiceLimits: what one caller, or many, may hold open. A call over a limit ends
+// with RESOURCE_EXHAUSTED before anything is allocated for it.
+struct ServiceLimits {
+  // Train streams open at once, with or without their Hello; 0 = no limit.
+  int max_train_streams = 0;
+  // OfferParameters and PullParameters calls in progress (the unary calls finish in
+  // their handler); 0 = no limit.
+  int max_concurrent_rpcs = 0;
+  // A Train stream whose Hello has not come this long after it opened ends with
+  // DEADLINE_EXCEEDED (checked by CheckDeadlines).
+  absl::Duration hello_timeout = absl::Seconds(10);
+};
+
 class ParameterShardService final : public internal::ShardServiceBase {
  public:
   // REQUIRES: core (and observer, if not null) outlive the service and every call.
-  explicit ParameterShardService(ShardCore* core, ShardObserver* observer = nullptr)
-      : core_(core), observer_(observer) {}
+  ParameterShardService(ShardCore* core, ShardObserver* observer = nullptr,
+                        ServiceLimits limits = {});
+  ~ParameterShardService() override;
+
+  // CheckDeadlines: ends the Train streams whose Hello is overdue. Call often (the
+  // daemon does, with the core's CheckDeadline).
+  void CheckDeadlines();
+  // Drain: ends every Train stream still without a Hello (UNAVAILABLE), so that they
+  // do not hold the shard's shutdown up; call with the core's Drain. A stream opened
+  // later still gets its hello_timeout.
+  void Drain();
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* ctx, const v1::JoinRequest* req,
                                  v1::JoinResponse* resp) override;
@@ -56,6 +84,10 @@ class ParameterShardService final : public internal::ShardServiceBase {
  private:
   ShardCore* const core_;
   ShardObserver* const observer_;
+  const ServiceLimits limits_;
+  const std::unique_ptr<Admission> train_streams_;
+  const std::unique_ptr<Admission> calls_;
+  const std::unique_ptr<HelloDeadlines> hellos_;
 };
 
 }  // namespace gnc

@@ -7,7 +7,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/allocation.h"
 #include "common/finite.h"
 #include "common/log.h"
 
@@ -112,12 +114,25 @@ absl::StatusOr<JoinInfo> ShardCore::Join(const JoinArgs& args) {
   if (draining_) return absl::UnavailableError("shard is draining");
   if (restored_ && !bound_) Rebind(layout_hash, args.job_id);
   if (!has_layout_) {
-    range_ = ShardRangeFor(args.layout.NumElements(), options_.num_shards, options_.shard_index);
-    if (range_.size() == 0) {
+    // Nothing is fixed until every check has passed: a refused Join leaves the shard
+    // as blank as it was.
+    const ShardRange range =
+        ShardRangeFor(args.layout.NumElements(), options_.num_shards, options_.shard_index);
+    if (range.size() == 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "model of ", args.layout.NumElements(), " elements leaves shard ",
           options_.shard_index, " of ", options_.num_shards, " empty"));
     }
+    const double bytes = options_.StateBytes(range.size());
+    if (options_.max_shard_bytes > 0 && bytes > static_cast<double>(options_.max_shard_bytes)) {
+      if (observer_ != nullptr) observer_->OnLimited("shard_bytes");
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "shard ", options_.shard_index, " would need about ",
+          absl::StrFormat("%.0f", bytes / (1 << 20)), " MiB, above its --max_shard_bytes of ",
+          options_.max_shard_bytes >> 20, " MiB, for its ", range.size(), " of the model's ",
+          args.layout.NumElements(), " elements with K=", options_.num_workers));
+    }
+    range_ = range;
     has_layout_ = true;
     state_.layout_hash = layout_hash;
     state_.model_elements = args.layout.NumElements();
@@ -148,9 +163,12 @@ absl::StatusOr<JoinInfo> ShardCore::Join(const JoinArgs& args) {
   return info;
 }
 
-absl::StatusOr<int64_t> ShardCore::ShardSize() const {
+absl::StatusOr<int64_t> ShardCore::OfferSize(int rank) const {
+  if (absl::Status s = CheckRank(rank); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
-  if (!has_layout_) return absl::FailedPreconditionError("no worker has joined yet");
+  if (!workers_[rank].joined) {
+    return absl::FailedPreconditionError(absl::StrCat("rank ", rank, " has not joined"));
+  }
   return range_.size();
 }
 
@@ -175,9 +193,16 @@ absl::StatusOr<OfferResult> ShardCore::OfferParameters(int rank, uint64_t job_id
     }
     if (initialized_) return OfferResult{false, state_.job.job_id};
     if (job_id == 0) return absl::InvalidArgumentError("an offer must name a non-zero job id");
+    SharedFloats v;
+    if (absl::Status s = TryAllocate("the shard's momentum",
+                                     [&] { v = std::make_shared<const Floats>(values.size(), 0.0f); });
+        !s.ok()) {
+      if (observer_ != nullptr) observer_->OnLimited("allocation");
+      return s;
+    }
     state_.job = JobIdentity{job_id, 0};
     state_.step = 0;
-    state_.v = std::make_shared<const Floats>(values.size(), 0.0f);
+    state_.v = std::move(v);
     state_.w = std::make_shared<const Floats>(std::move(values));
     state_.noise = NoiseEma();
     initialized_ = true;
@@ -210,6 +235,14 @@ absl::StatusOr<uint64_t> ShardCore::OpenStream(int rank, WireDType dtype) {
       return absl::FailedPreconditionError("parameters have not been offered yet");
     }
     if (diverged_) return DivergedError();
+    // Resized only while the worker has no committed gradient (the merge may read it).
+    if (!w.committed && slot.g.size() != static_cast<size_t>(range_.size())) {
+      if (absl::Status s = TryAllocate("a gradient slot", [&] { slot.g.resize(range_.size()); });
+          !s.ok()) {
+        if (observer_ != nullptr) observer_->OnLimited("allocation");
+        return s;
+      }
+    }
     if (w.session != 0) {
       LogWarning("shard ", options_.shard_index, ": rank ", rank,
                  " opened a new stream; the old one is superseded");
@@ -223,10 +256,6 @@ absl::StatusOr<uint64_t> ShardCore::OpenStream(int rank, WireDType dtype) {
     w.since = w.last_heard = clock_();
     slot.expected = 0;
     slot.poisoned = false;
-    // Resized only while the worker has no committed gradient (the merge may read it).
-    if (!w.committed && slot.g.size() != static_cast<size_t>(range_.size())) {
-      slot.g.resize(range_.size());
-    }
     session = w.session;
     ReportMembership();
   }
@@ -490,7 +519,16 @@ void ShardCore::MaybeMerge() {
   {
     absl::MutexLock lock(&mu_);
     if (!StepReady()) return;
-    job = PrepareMerge();
+    const absl::Status s = TryAllocate("the step's buffers", [&] { job = PrepareMerge(); });
+    if (!s.ok()) {
+      // As a failed merge: the gradients stay committed and the step is retried.
+      merging_ = false;
+      retry_after_ = clock_() + absl::Seconds(1);
+      LogError("shard ", options_.shard_index, ": step ", state_.step, ": ", s.message(),
+               "; retrying in 1 s");
+      if (observer_ != nullptr) observer_->OnLimited("allocation");
+      return;
+    }
   }
   // Merge: outside every lock. The contributors' slots are committed, so no stream
   // writes them; w and v are read-only; the outputs are this job's own buffers.
@@ -499,9 +537,12 @@ void ShardCore::MaybeMerge() {
     auto g = const_cast<float*>(job->inputs.grads[k].data());  // the slot, committed
     for (size_t i = 0; i < job->inputs.grads[k].size(); ++i) g[i] *= job->clip_scales[k];
   }
-  const absl::Status status = backend_->MergeInto(job->params, job->inputs, *job->w, *job->v,
-                                                  *job->w_out, *job->v_out, job->outs,
-                                                  &job->stats);
+  absl::Status status;
+  const absl::Status alloc = TryAllocate("the merge's scratch space", [&] {
+    status = backend_->MergeInto(job->params, job->inputs, *job->w, *job->v, *job->w_out,
+                                 *job->v_out, job->outs, &job->stats);
+  });
+  if (!alloc.ok()) status = alloc;
   Waiters wake;
   {
     absl::MutexLock lock(&mu_);

@@ -97,8 +97,17 @@ class ShardObserver {
   virtual void OnRewind() {}
   // Ranks the current step waits for and for how long (updated by CheckDeadline).
   virtual void OnWaiting(int ranks, absl::Duration waited) {}
-  // Parameter payload sent to workers (called by the transport, not the core).
+  // Called by the transport, not the core:
+  // Parameter payload sent to workers.
   virtual void OnSentBytes(int64_t bytes) {}
+  // A call refused for a missing or wrong job token (or a non-health call on the
+  // health port).
+  virtual void OnUnauthenticated() {}
+  // A call refused by a limit; reason: train_streams, concurrent_calls, hello_timeout,
+  // shard_bytes (a Join), allocation (memory ran out).
+  virtual void OnLimited(std::string_view reason) {}
+  // Train streams open now (with or without a Hello).
+  virtual void OnTrainStreams(int open) {}
 };
 
 // PointWaiter: a stream waiting for its next point; told once when it may be due (a
@@ -193,8 +202,9 @@ class ShardCore {
   // layout, config hash or job id mismatch), UNAVAILABLE (draining).
   absl::StatusOr<JoinInfo> Join(const JoinArgs& args);
 
-  // ShardSize: elements owned by this shard; FAILED_PRECONDITION before any join.
-  absl::StatusOr<int64_t> ShardSize() const;
+  // OfferSize: elements an offer from `rank` must carry (the shard's), asked before
+  // its buffer is allocated. Errors: NOT_FOUND (rank), FAILED_PRECONDITION (not joined).
+  absl::StatusOr<int64_t> OfferSize(int rank) const;
 
   // OfferParameters: initial w, founding job `job_id` when it initialises the shard.
   // An offer to an initialised shard is size-checked and discarded.

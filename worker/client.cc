@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/codec.h"
+#include "common/credentials.h"
 #include "common/grpc_status.h"
 #include "common/log.h"
 #include "proto/gnc.grpc.pb.h"
@@ -138,6 +139,7 @@ class GrpcGncClient final : public GncClient {
   std::vector<int> AllShards() const;
 
   const ClientOptions options_;
+  std::shared_ptr<const ChannelSecurity> security_;
   std::vector<Shard> shards_;
   JobInfo job_;
   bool left_ = false;
@@ -176,6 +178,7 @@ std::vector<Reply<Resp>> GrpcGncClient::CallAll(
     Call& call = calls[j];
     call.ctx.set_deadline(absl::ToChronoTime(deadline));
     call.ctx.set_wait_for_ready(wait_for_ready);
+    security_->Authorize(&call.ctx);
     start(shards_[which[j]], &call.ctx, &cq)->Finish(&call.resp, &call.status, &call);
   }
   // Every call ends by its deadline, so this wait does too.
@@ -363,6 +366,14 @@ absl::Status GrpcGncClient::Init() {
       options_.reconnect_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("step_timeout and reconnect_timeout must be positive");
   }
+  ChannelSecurityOptions security;
+  security.tls_ca_file = options_.tls_ca_file;
+  security.tls_cert_file = options_.tls_cert_file;
+  security.tls_key_file = options_.tls_key_file;
+  security.auth_token_file = options_.auth_token_file;
+  absl::StatusOr<std::shared_ptr<const ChannelSecurity>> loaded = ChannelSecurity::Load(security);
+  if (!loaded.ok()) return loaded.status();
+  security_ = *std::move(loaded);
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -376,7 +387,8 @@ absl::Status GrpcGncClient::Init() {
     shard.index = static_cast<int>(i);
     shard.address = options_.servers[i];
     std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateCustomChannel(shard.address, grpc::InsecureChannelCredentials(), args);
+        grpc::CreateCustomChannel(shard.address, security_->credentials(), args);
+    security_->WarnIfExposed(shard.address);
     shard.stub = v1::ParameterShard::NewStub(channel);
     shard.generic = std::make_unique<grpc::GenericStub>(channel);
   }
@@ -410,6 +422,7 @@ absl::Status GrpcGncClient::OfferTo(Shard& shard, std::span<const float> params,
   // Sync, once per shard per job: the offer is not on the training path.
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.step_timeout));
+  security_->Authorize(&ctx);
   v1::OfferParametersResponse resp;
   std::unique_ptr<grpc::ClientWriter<v1::OfferParametersRequest>> writer =
       shard.stub->OfferParameters(&ctx, &resp);
@@ -469,7 +482,8 @@ absl::Status GrpcGncClient::OfferParameters(std::span<const float> params) {
 std::shared_ptr<ShardStream>& GrpcGncClient::Stream(Shard& shard) {
   if (shard.stream == nullptr) {
     shard.stream =
-        ShardStream::Start(shard.generic.get(), options_.rank, options_.wire_dtype, &group_);
+        ShardStream::Start(shard.generic.get(), *security_, options_.rank, options_.wire_dtype,
+                           &group_);
     shard.state = StreamState::kAwaitEval;
   }
   return shard.stream;
@@ -670,7 +684,7 @@ absl::StatusOr<int64_t> GrpcGncClient::Pull(std::span<float> w) {
     std::vector<std::shared_ptr<PullCall>> calls;
     group.Begin(static_cast<int>(shards_.size()));
     for (Shard& shard : shards_) {
-      calls.push_back(PullCall::Start(shard.generic.get(),
+      calls.push_back(PullCall::Start(shard.generic.get(), *security_,
                                       w.subspan(shard.range.begin, shard.range.size()),
                                       options_.step_timeout, &group));
     }

@@ -64,6 +64,15 @@ struct ClientOptions {
   // The wire encoding of gradients sent and points received: kFloat32, or kBfloat16
   // (half the bytes; the shards round to nearest even and keep float32 state).
   WireDType wire_dtype = WireDType::kFloat32;
+  // Transport security (README, Security). TLS is on when tls_ca_file or
+  // tls_cert_file is set: tls_ca_file holds the PEM CA certificates that sign the
+  // shards' (empty: the system's roots); tls_cert_file and tls_key_file, this client's
+  // certificate and key for mutual TLS. auth_token_file holds the job token, sent
+  // with every call. Files are read by Connect.
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string auth_token_file;
 };
 
 // JobInfo: what the shards told this worker on join.
@@ -86,7 +95,10 @@ class GncClient {
   // when its shards disagree, e.g. after restores). Errors: the first shard's refusal
   // (INVALID_ARGUMENT, FAILED_PRECONDITION, ...), DEADLINE_EXCEEDED if a shard never
   // answered, FAILED_PRECONDITION if shards disagree on the config or the job cannot
-  // go on without a mixed model (a shard came back blank while the job has started).
+  // go on without a mixed model (a shard came back blank while the job has started),
+  // UNAUTHENTICATED (missing or wrong token), UNAVAILABLE naming the shard when TLS
+  // fails (a certificate the other side does not trust), and the errors of reading
+  // the TLS and token files (NOT_FOUND, INVALID_ARGUMENT, ...).
   static absl::StatusOr<std::unique_ptr<GncClient>> Connect(const ClientOptions& options);
 
   virtual const JobInfo& job() const = 0;

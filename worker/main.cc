@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/command_line.h"
+#include "common/credentials.h"
 #include "common/log.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
@@ -77,6 +78,14 @@ ABSL_FLAG(absl::Duration, reconnect_timeout, absl::Minutes(2),
           "shard) before giving up");
 ABSL_FLAG(bool, check_config, false,
           "Validate the flags and exit (0 if valid) without connecting or reading data");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "PEM CA certificates that sign the shards' certificates: connect over TLS");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate of this worker, for shards that require mutual TLS (with "
+          "--tls_key_file; turns TLS on, trusting the system's roots without --tls_ca_file)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File holding the job token, sent with every call (the shards' --auth_token_file)");
 
 namespace gnc {
 namespace {
@@ -96,6 +105,7 @@ struct WorkerConfig {
   int64_t train_limit = 0;
   int64_t test_limit = 0;
   WireDType wire_dtype = WireDType::kFloat32;
+  ChannelSecurityOptions security;
 };
 
 absl::Status CheckServers(const std::vector<std::string>& servers) {
@@ -170,6 +180,11 @@ absl::StatusOr<WorkerConfig> ConfigFromFlags() {
     return absl::InvalidArgumentError(
         absl::StrCat("--wire_dtype: unknown encoding '", dtype, "' (float32, bfloat16)"));
   }
+  c.security.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  c.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  c.security.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  c.security.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  if (absl::Status s = c.security.Validate(); !s.ok()) return s;
   c.train_limit = absl::GetFlag(FLAGS_train_limit);
   c.test_limit = absl::GetFlag(FLAGS_test_limit);
   if (c.train_limit < 0 || c.test_limit < 0) {
@@ -334,6 +349,10 @@ int Run(const WorkerConfig& config) {
   co.step_timeout = absl::GetFlag(FLAGS_step_timeout);
   co.reconnect_timeout = absl::GetFlag(FLAGS_reconnect_timeout);
   co.wire_dtype = config.wire_dtype;
+  co.tls_ca_file = config.security.tls_ca_file;
+  co.tls_cert_file = config.security.tls_cert_file;
+  co.tls_key_file = config.security.tls_key_file;
+  co.auth_token_file = config.security.auth_token_file;
   absl::StatusOr<std::unique_ptr<GncClient>> client = GncClient::Connect(co);
   if (!client.ok()) {
     LogError("gnc-worker: connect to ", absl::StrJoin(config.servers, ","), ": ",

@@ -49,10 +49,12 @@ bool CallGroup::broke() const {
   return broke_;
 }
 
-std::shared_ptr<ShardStream> ShardStream::Start(grpc::GenericStub* stub, int rank,
+std::shared_ptr<ShardStream> ShardStream::Start(grpc::GenericStub* stub,
+                                                const ChannelSecurity& security, int rank,
                                                 WireDType dtype, CallGroup* group) {
   std::shared_ptr<ShardStream> s(new ShardStream(dtype, group));
   s->self_ = s;
+  security.Authorize(&s->context_);
   stub->PrepareBidiStreamingCall(&s->context_, kTrainMethod, grpc::StubOptions(), s.get());
   s->hello_ = EncodeHello(rank, ToProtoDType(dtype));
   s->StartWrite(&s->hello_);
@@ -259,11 +261,13 @@ void ShardStream::OnDone(const grpc::Status& s) {
   finished_ = true;
 }
 
-std::shared_ptr<PullCall> PullCall::Start(grpc::GenericStub* stub, std::span<float> dst,
+std::shared_ptr<PullCall> PullCall::Start(grpc::GenericStub* stub,
+                                          const ChannelSecurity& security, std::span<float> dst,
                                           absl::Duration timeout, CallGroup* group) {
   std::shared_ptr<PullCall> c(new PullCall(dst, group));
   c->self_ = c;
   c->context_.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  security.Authorize(&c->context_);
   v1::PullRequest req;
   req.set_dtype(v1::FLOAT32);
   const std::string bytes = req.SerializeAsString();

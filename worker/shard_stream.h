@@ -23,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/credentials.h"
 #include "common/payload.h"
 #include "proto/gnc.grpc.pb.h"
 
@@ -62,9 +63,11 @@ class ShardStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc:
  public:
   // Start: opens the stream and sends the Hello. The caller must WaitDone (after a
   // Cancel, or once the stream ended) before letting go of it; gRPC's hold ends there,
-  // on the caller's thread. REQUIRES: group outlives it.
-  static std::shared_ptr<ShardStream> Start(grpc::GenericStub* stub, int rank, WireDType dtype,
-                                            CallGroup* group);
+  // on the caller's thread. The call carries security's token. REQUIRES: group
+  // outlives it.
+  static std::shared_ptr<ShardStream> Start(grpc::GenericStub* stub,
+                                            const ChannelSecurity& security, int rank,
+                                            WireDType dtype, CallGroup* group);
 
   // ReadPoint: reads the next point into dst (the shard's slice of x); the group's
   // End follows. Then status() and tag() say how it went.
@@ -131,9 +134,10 @@ class ShardStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc:
 // PullCall: PullParameters of one shard, decoded straight into dst (its slice of w).
 class PullCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  // Start: the call; the group's End follows when it is over. REQUIRES: dst and group
-  // outlive the call (WaitDone).
-  static std::shared_ptr<PullCall> Start(grpc::GenericStub* stub, std::span<float> dst,
+  // Start: the call, carrying security's token; the group's End follows when it is
+  // over. REQUIRES: dst and group outlive the call (WaitDone).
+  static std::shared_ptr<PullCall> Start(grpc::GenericStub* stub,
+                                         const ChannelSecurity& security, std::span<float> dst,
                                          absl::Duration timeout, CallGroup* group);
 
   void Cancel() { context_.TryCancel(); }

@@ -4,7 +4,7 @@
 # mode on this machine, printing progress and the final test accuracy.
 #
 # Usage: deploy/local/demo.sh [--shards S] [--workers K] [--mode M] [--epochs E]
-#                             [--batch_size B] [--lr X] [--build_dir DIR]
+#                             [--batch_size B] [--lr X] [--build_dir DIR] [--secure]
 #                             [any other deploy/local/launch.sh option]
 # or the environment: SHARDS=2 WORKERS=4 MODE=gnc EPOCHS=10 BATCH_SIZE=256 LR=0.2
 #   WARMUP_STEPS (default: one epoch) BUILD_DIR=build.
@@ -14,6 +14,9 @@
 # Metrics: shards on 127.0.0.1:9400+s, workers on 127.0.0.1:9500+k (see
 # deploy/prometheus/run-local.sh); --server_metrics_port 0 --worker_metrics_port 0
 # turn them off.
+# --secure: the same job with mutual TLS and a job token: deploy/local/make-certs.sh
+# makes a CA, certificates and a token in a temporary folder (removed at the end), and
+# every shard and worker uses them (see README, Security).
 # --prometheus[=PORT] (default 9090): also run Prometheus beside the job on
 # 127.0.0.1:PORT with gnc's recording and alert rules and per-worker noise metrics;
 # after training it keeps the run's data there until Ctrl-C.
@@ -32,9 +35,11 @@ build_dir=${BUILD_DIR:-$root/build}
 data_dir=${DATA_DIR:-/usr/share/datasets/fashion-mnist}
 passthrough=()
 prometheus=""
+secure=""
 
 while (($#)); do
   case $1 in
+    --secure) secure=1; shift ;;
     --prometheus) prometheus=9090; shift ;;
     --prometheus=*) prometheus=${1#*=}; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -85,6 +90,13 @@ if [[ -n $prometheus ]]; then
 fi
 log=$(mktemp "${TMPDIR:-/tmp}/gnc-demo.XXXXXX")
 trap 'rm -f "$log"' EXIT
+if [[ -n $secure ]]; then
+  secrets=$(mktemp -d "${TMPDIR:-/tmp}/gnc-demo-secrets.XXXXXX")
+  trap 'rm -f "$log"; rm -rf "$secrets"' EXIT
+  "$root/deploy/local/make-certs.sh" "$secrets" >/dev/null
+  echo "[demo] secure: mutual TLS and a job token (made by make-certs.sh in $secrets)"
+  passthrough+=(--tls_dir "$secrets" --auth_token_file "$secrets/token")
+fi
 start=$SECONDS
 status=0
 # Ctrl-C reaches the launcher, which stops everything (or, holding Prometheus after a

@@ -8,7 +8,8 @@
 #              plots), Node.js + npm (manifest validation), podman + runc +
 #              debootstrap (container images built and run), libtorch-dev (the
 #              libtorch example), OpenMPI (the MPI_Allreduce yardstick), clang with
-#              libFuzzer's runtime and llvm-symbolizer (the fuzz targets, tests/fuzz)
+#              libFuzzer's runtime and llvm-symbolizer (the fuzz targets, tests/fuzz),
+#              openssl (the security tests' certificates, deploy/local/make-certs.sh)
 set -euo pipefail
 
 packages=(
@@ -19,7 +20,7 @@ packages=(
 )
 if [[ "${1:-}" == "--tests" ]]; then
   packages+=(libgtest-dev libgmock-dev libbenchmark-dev prometheus python3 python3-matplotlib
-    nodejs npm podman runc debootstrap libtorch-dev openmpi-bin libopenmpi-dev)
+    nodejs npm podman runc debootstrap libtorch-dev openmpi-bin libopenmpi-dev openssl)
   # The fuzz targets: clang, its sanitizer and libFuzzer runtimes, stack symbols.
   packages+=(clang libclang-rt-14-dev llvm)
   # The Python client's tests: gRPC, protobuf, numpy, PyTorch, pip (installing it).

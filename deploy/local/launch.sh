@@ -53,12 +53,18 @@
 #                           where) until Ctrl-C, which then ends the run with status 0
 #   --keep_going            keep the job running when a worker fails (default: only
 #                           with --min_workers > 0, where the quorum can carry on)
+#   --tls_dir DIR           [TLS_DIR=] mutual TLS with the files make-certs.sh writes in
+#                           DIR: shards serve server.crt/.key and require client
+#                           certificates from ca.crt; workers trust ca.crt and present
+#                           client.crt/.key
+#   --auth_token_file FILE  [AUTH_TOKEN_FILE=] the job token, for shards and workers
 #   --server_arg FLAG       extra gnc-server flag (repeatable)
 #   --worker_arg FLAG       extra gnc-worker flag (repeatable; same as after --)
 #   --worker_cmd CMD        [WORKER_CMD=] start CMD (split at spaces) as each worker instead
 #                           of gnc-worker, e.g. "python3 examples/fashion_mnist_torch.py";
 #                           it gets --servers --rank --num_workers --batch_size --epochs
-#                           --steps --seed --train_limit --test_limit --data_dir and the
+#                           --steps --seed --train_limit --test_limit --data_dir, the
+#                           TLS and token flags above (as gnc-worker's) and the
 #                           extra worker flags (no metrics port), with $BUILD_DIR/python
 #                           on PYTHONPATH (the gnc Python package)
 # OPENBLAS_NUM_THREADS defaults to 1 for the workers (K processes share the cores).
@@ -104,6 +110,8 @@ holding=""
 server_extra=()
 worker_extra=()
 worker_cmd=${WORKER_CMD:-}
+tls_dir=${TLS_DIR:-}
+auth_token_file=${AUTH_TOKEN_FILE:-}
 
 while (($#)); do
   opt=$1
@@ -154,6 +162,8 @@ while (($#)); do
     --server_arg) server_extra+=("$val") ;;
     --worker_arg) worker_extra+=("$val") ;;
     --worker_cmd) worker_cmd=$val ;;
+    --tls_dir) tls_dir=$val ;;
+    --auth_token_file) auth_token_file=$val ;;
     *) die_usage "unknown option $opt (see --help)" ;;
   esac
 done
@@ -198,6 +208,24 @@ case $gnc_noise in
   *) die_usage "--gnc_noise must be previous or fresh, got '$gnc_noise'" ;;
 esac
 
+# Transport security: flags for both sides, checked with the rest below.
+server_security=()
+worker_security=()
+if [[ -n $tls_dir ]]; then
+  for f in ca.crt server.crt server.key client.crt client.key; do
+    [[ -r $tls_dir/$f ]] || die_usage "--tls_dir: $tls_dir/$f is missing (make it with deploy/local/make-certs.sh)"
+  done
+  server_security+=(--tls_cert_file="$tls_dir/server.crt" --tls_key_file="$tls_dir/server.key"
+    --tls_client_ca_file="$tls_dir/ca.crt")
+  worker_security+=(--tls_ca_file="$tls_dir/ca.crt" --tls_cert_file="$tls_dir/client.crt"
+    --tls_key_file="$tls_dir/client.key")
+fi
+if [[ -n $auth_token_file ]]; then
+  [[ -r $auth_token_file ]] || die_usage "--auth_token_file: cannot read $auth_token_file"
+  server_security+=(--auth_token_file="$auth_token_file")
+  worker_security+=(--auth_token_file="$auth_token_file")
+fi
+
 server_flags=(
   --num_shards="$shards" --num_workers="$workers" --min_workers="$min_workers"
   --mode="$mode" --gnc_scale="$gnc_scale" --lr="$lr" --warmup_steps="$warmup_steps"
@@ -205,14 +233,14 @@ server_flags=(
   --momentum="$momentum"
   --weight_decay="$weight_decay" --straggler_timeout="$straggler_timeout"
   --device="$device" --address=127.0.0.1 --port=0 --metrics_address=127.0.0.1
-  "${server_extra[@]}"
+  "${server_security[@]}" "${server_extra[@]}"
 )
 worker_flags=(
   --num_workers="$workers" --batch_size="$batch_size" --epochs="$epochs" --steps="$steps"
   --model="$model" --hidden="$hidden" --seed="$seed" --train_limit="$train_limit" --test_limit="$test_limit"
   --data_dir="$data_dir" --progress_interval="$progress_interval" --device="$device"
   --metrics_address=127.0.0.1
-  "${worker_extra[@]}"
+  "${worker_security[@]}" "${worker_extra[@]}"
 )
 
 # Flag errors are cheaper to find before anything runs.
@@ -227,7 +255,7 @@ else
   worker_flags=(
     --num_workers="$workers" --batch_size="$batch_size" --epochs="$epochs" --steps="$steps"
     --seed="$seed" --train_limit="$train_limit" --test_limit="$test_limit" --data_dir="$data_dir"
-    "${worker_extra[@]}"
+    "${worker_security[@]}" "${worker_extra[@]}"
   )
   export PYTHONPATH="$(realpath -m "$build_dir/python")${PYTHONPATH:+:$PYTHONPATH}"
   worker_metrics_port=0  # only gnc-worker serves metrics
@@ -317,6 +345,9 @@ fi
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 log "job: $shards shard(s), $workers worker(s), mode $mode, batch $batch_size per worker," \
   "$total_steps steps ($steps_per_epoch per epoch), lr $lr, warm-up $warmup_steps, decay $lr_decay"
+if [[ -n $tls_dir || -n $auth_token_file ]]; then
+  log "security: ${tls_dir:+mutual TLS (certificates in $tls_dir)}${tls_dir:+${auth_token_file:+, }}${auth_token_file:+job token from $auth_token_file}"
+fi
 
 for ((s = 0; s < shards; s++)); do
   extra=()

@@ -5,7 +5,9 @@
 // the shards' peak resident memory.
 //   round_bench [--servers=S] [--workers=K] [--mfloats=N in Mi] [--rounds=R]
 //               [--mode=none|gnc|isotropic] [--wire_dtype=float32|bfloat16]
-//               [--merge_threads=T] [--no_tcp]
+//               [--merge_threads=T] [--no_tcp] [--tls_dir=DIR] [--auth_token_file=F]
+// --tls_dir: mutual TLS with the files deploy/local/make-certs.sh writes in DIR;
+// --auth_token_file: the job token on every call (both measure what security costs).
 // The last line is machine-readable: "round_ms=... shard_rss_mib=...".
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -117,6 +119,8 @@ int main(int argc, char** argv) {
   const std::string mode = StringFlag(argc, argv, "mode", "none");
   const std::string dtype_name = StringFlag(argc, argv, "wire_dtype", "float32");
   const int merge_threads = IntFlag(argc, argv, "merge_threads", 0);
+  const std::string tls_dir = StringFlag(argc, argv, "tls_dir", "");
+  const std::string token_file = StringFlag(argc, argv, "auth_token_file", "");
   bool tcp_yardstick = true;
   for (int i = 1; i < argc; ++i) tcp_yardstick &= std::strcmp(argv[i], "--no_tcp") != 0;
   if (dtype_name != "float32" && dtype_name != "bfloat16") {
@@ -128,12 +132,20 @@ int main(int argc, char** argv) {
 
   std::vector<std::unique_ptr<gnc::testing::ServerProcess>> servers;
   std::vector<std::string> addresses;
+  std::vector<std::string> security;
+  if (!tls_dir.empty()) {
+    security = {"--tls_cert_file=" + tls_dir + "/server.crt",
+                "--tls_key_file=" + tls_dir + "/server.key",
+                "--tls_client_ca_file=" + tls_dir + "/ca.crt"};
+  }
+  if (!token_file.empty()) security.push_back("--auth_token_file=" + token_file);
   for (int s = 0; s < num_shards; ++s) {
-    auto p = gnc::testing::ServerProcess::Start(
-        GNC_SERVER_BINARY,
-        {absl::StrCat("--shard_index=", s), absl::StrCat("--num_shards=", num_shards),
-         absl::StrCat("--num_workers=", num_workers), "--mode=" + mode, "--lr=1e-6",
-         absl::StrCat("--merge_threads=", merge_threads), "--exit_when_done=false"});
+    std::vector<std::string> flags = {
+        absl::StrCat("--shard_index=", s), absl::StrCat("--num_shards=", num_shards),
+        absl::StrCat("--num_workers=", num_workers), "--mode=" + mode, "--lr=1e-6",
+        absl::StrCat("--merge_threads=", merge_threads), "--exit_when_done=false"};
+    flags.insert(flags.end(), security.begin(), security.end());
+    auto p = gnc::testing::ServerProcess::Start(GNC_SERVER_BINARY, flags);
     if (!p.ok()) {
       std::fprintf(stderr, "round_bench: %s\n", p.status().ToString().c_str());
       return 1;
@@ -154,6 +166,12 @@ int main(int argc, char** argv) {
       o.layout = layout;
       o.local_batch_size = 64;
       o.wire_dtype = dtype;
+      if (!tls_dir.empty()) {
+        o.tls_ca_file = tls_dir + "/ca.crt";
+        o.tls_cert_file = tls_dir + "/client.crt";
+        o.tls_key_file = tls_dir + "/client.key";
+      }
+      o.auth_token_file = token_file;
       auto client = gnc::GncClient::Connect(o);
       if (!client.ok()) {
         std::fprintf(stderr, "rank %d: %s\n", k, client.status().ToString().c_str());
@@ -187,8 +205,10 @@ int main(int argc, char** argv) {
   const double element = dtype == gnc::WireDType::kBfloat16 ? 2.0 : 4.0;
   const double payload = 2.0 * num_workers * n * element;  // push + receive
   const double bw = payload / round / 1e9;
-  std::printf("round_bench: S=%d K=%d N=%lld floats mode=%s wire=%s rounds=%d\n", num_shards,
-              num_workers, static_cast<long long>(n), mode.c_str(), dtype_name.c_str(), rounds);
+  std::printf("round_bench: S=%d K=%d N=%lld floats mode=%s wire=%s rounds=%d security=%s%s\n",
+              num_shards, num_workers, static_cast<long long>(n), mode.c_str(),
+              dtype_name.c_str(), rounds, tls_dir.empty() ? "plaintext" : "mutual-TLS",
+              token_file.empty() ? "" : "+token");
   if (tcp_yardstick) {
     std::vector<double> tcp;
     for (int i = 0; i < 3; ++i) tcp.push_back(TcpLoopbackSeconds(static_cast<size_t>(payload)));

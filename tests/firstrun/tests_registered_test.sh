@@ -21,7 +21,7 @@ skip() {
 command -v unshare >/dev/null || skip "unshare (util-linux) not found"
 command -v promtool >/dev/null || skip "promtool not installed, so it cannot be hidden and found again"
 
-optional=(prometheus promtool node npm kubectl podman runc debootstrap)
+optional=(prometheus promtool node npm kubectl podman runc debootstrap openssl)
 hidden=()
 for tool in "${optional[@]}"; do
   if path=$(command -v "$tool"); then hidden+=("$(readlink -f "$path")"); fi

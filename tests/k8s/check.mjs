@@ -590,11 +590,22 @@ function checkTree(name, objects) {
   const grace = sts.spec.template.spec.terminationGracePeriodSeconds ?? 30;
   expect(grace > drain, `${name}: terminationGracePeriodSeconds=${grace} must exceed --drain_timeout (${drain}s)`);
 
-  // Probes: native gRPC on the health service.
+  // Probes: native gRPC on the health service, on the plaintext health port when
+  // there is one (the kubelet's probes cannot speak TLS).
+  const healthPort = flagValue(sargv, "health_port");
+  const probePort = healthPort !== undefined && healthPort !== "0" ? healthPort : port;
+  if (flagValue(sargv, "tls_cert_file") !== undefined) {
+    expect(probePort !== port, `${name}: the servers serve TLS, so their probes need a plaintext --health_port`);
+  }
+  if (probePort !== port) {
+    expect((server.ports ?? []).some((p) => p.name === "health" && String(p.containerPort) === probePort),
+      `${name}: server has no container port health on --health_port=${probePort}`);
+  }
   for (const probe of ["readinessProbe", "livenessProbe"]) {
     const p = server[probe];
-    expect(p?.grpc && String(p.grpc.port) === port && !p.grpc.service, `${name}: server ${probe} must be a gRPC probe on port ${port} (overall health)`);
+    expect(p?.grpc && String(p.grpc.port) === probePort && !p.grpc.service, `${name}: server ${probe} must be a gRPC probe on port ${probePort} (overall health)`);
   }
+  for (const problem of securityProblems(objects)) fail(`${name}: ${problem}`);
 
   for (const { owner, template } of podTemplates(objects)) {
     if (owner.metadata.name === "gnc-reaper") continue;  // checkReaper
@@ -631,6 +642,91 @@ function checkTree(name, objects) {
           `${name}: ${owner.kind}/${owner.metadata.name} has no port ${ep.port} for PodMonitor ${pm.metadata.name}`);
       }
     }
+  }
+}
+
+// The flags that name a secret file, and the flags each side needs given the other's.
+const kSecretFlags = ["tls_cert_file", "tls_key_file", "tls_client_ca_file", "tls_ca_file", "auth_token_file"];
+
+// securityProblems: what is wrong with a tree's transport security: every secret file
+// a container is given must come from a Secret mounted read-only and readable by the
+// pod's user; the workers must present what the servers require (TLS, a client
+// certificate, the token) and nothing the servers would not check.
+function securityProblems(objects) {
+  const problems = [];
+  const sts = find(objects, "StatefulSet", "gnc-server");
+  const job = find(objects, "Job", "gnc-worker");
+  const server = sts?.spec.template.spec.containers.find((c) => c.name === "server");
+  const worker = job?.spec.template.spec.containers.find((c) => c.name === "worker");
+  if (!server || !worker) return ["no server or worker container"];
+  const sargv = argvOf(objects, server);
+  const wargv = argvOf(objects, worker, {});
+  for (const [owner, c, argv] of [[sts, server, sargv], [job, worker, wargv]]) {
+    const pod = owner.spec.template.spec;
+    const uid = c.securityContext?.runAsUser ?? pod.securityContext?.runAsUser;
+    for (const flag of kSecretFlags) {
+      const file = flagValue(argv, flag);
+      if (file === undefined || file === "") continue;
+      const where = `${owner.kind}/${owner.metadata.name} --${flag}=${file}`;
+      const mount = (c.volumeMounts ?? []).find((m) => file.startsWith(`${m.mountPath.replace(/\/$/, "")}/`));
+      if (!mount) { problems.push(`${where}: nothing is mounted there`); continue; }
+      const volume = (pod.volumes ?? []).find((v) => v.name === mount.name);
+      if (!volume?.secret?.secretName) { problems.push(`${where}: volume ${mount.name} is not a Secret`); continue; }
+      if (mount.readOnly !== true) problems.push(`${where}: the Secret must be mounted readOnly`);
+      const key = file.slice(mount.mountPath.replace(/\/$/, "").length + 1);
+      const items = volume.secret.items;
+      if (items && !items.some((i) => i.path === key)) problems.push(`${where}: Secret ${volume.secret.secretName} projects no ${key}`);
+      const mode = volume.secret.defaultMode ?? 0o644;
+      const readable = (mode & 0o004) !== 0 || uid === 0 ||
+        ((mode & 0o040) !== 0 && pod.securityContext?.fsGroup !== undefined);
+      if (!readable) problems.push(`${where}: mode ${mode.toString(8)} is not readable by uid ${uid} (set an fsGroup)`);
+      if ((mode & 0o002) !== 0) problems.push(`${where}: the Secret's files are world-writable (mode ${mode.toString(8)})`);
+    }
+  }
+  const has = (argv, flag) => (flagValue(argv, flag) ?? "") !== "";
+  if (has(sargv, "tls_cert_file") && !has(wargv, "tls_ca_file")) {
+    problems.push("the servers serve TLS but the workers have no --tls_ca_file to verify them");
+  }
+  if (!has(sargv, "tls_cert_file") && (has(wargv, "tls_ca_file") || has(wargv, "tls_cert_file"))) {
+    problems.push("the workers speak TLS to servers that serve plaintext");
+  }
+  if (has(sargv, "tls_client_ca_file") && !(has(wargv, "tls_cert_file") && has(wargv, "tls_key_file"))) {
+    problems.push("the servers require client certificates (--tls_client_ca_file) the workers do not present");
+  }
+  if (has(sargv, "auth_token_file") !== has(wargv, "auth_token_file")) {
+    problems.push("--auth_token_file must be given to servers and workers alike");
+  }
+  return problems;
+}
+
+// checkSecurityCheck: securityProblems must find what is wrong, or it proves nothing:
+// each mutation of the security component's tree must be reported.
+function checkSecurityCheck(objects) {
+  const mutations = {
+    "worker without the token": (o) => {
+      const c = find(o, "Job", "gnc-worker").spec.template.spec.containers[0];
+      c.args = c.args.filter((a) => !a.startsWith("--auth_token_file"));
+    },
+    "worker without a client certificate": (o) => {
+      const c = find(o, "Job", "gnc-worker").spec.template.spec.containers[0];
+      c.args = c.args.filter((a) => !a.startsWith("--tls_cert_file") && !a.startsWith("--tls_key_file"));
+    },
+    "token not mounted": (o) => {
+      const c = find(o, "StatefulSet", "gnc-server").spec.template.spec.containers[0];
+      c.volumeMounts = c.volumeMounts.filter((m) => !m.mountPath.includes("token"));
+    },
+    "TLS Secret writable": (o) => {
+      const c = find(o, "StatefulSet", "gnc-server").spec.template.spec.containers[0];
+      for (const m of c.volumeMounts) m.readOnly = false;
+    },
+    "no fsGroup for group-readable files": (o) => {
+      delete find(o, "Job", "gnc-worker").spec.template.spec.securityContext.fsGroup;
+    },
+  };
+  for (const [what, mutate] of Object.entries(mutations)) {
+    const copy = structuredClone(objects);
+    mutate(copy);
+    expect(securityProblems(copy).length > 0, `the security check misses: ${what}`);
   }
 }
 
@@ -707,6 +803,13 @@ function checkReaper(name, objects, sts, job) {
 async function checkConsistency() {
   const trees = await renderAll({ skip: ["monitoring"] });
   for (const t of trees) checkTree(t.name, t.objects);
+  const secure = trees.find((t) => t.name === "base+components/security");
+  if (expect(secure, "no tree renders components/security")) {
+    checkSecurityCheck(secure.objects);
+    const argv = argvOf(secure.objects, find(secure.objects, "StatefulSet", "gnc-server").spec.template.spec.containers[0]);
+    expect(flagValue(argv, "tls_client_ca_file") && flagValue(argv, "auth_token_file"),
+      "components/security must give the servers mutual TLS and the token");
+  }
   console.log(`${trees.length} trees consistent: ${trees.map((t) => t.name).join(", ")}`);
 }
 

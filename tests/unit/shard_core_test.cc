@@ -415,3 +415,44 @@ TEST(ShardCoreTest, Bf16StreamsGetTheirPointRoundedToNearestEven) {
 
 }  // namespace
 }  // namespace gnc
+
+namespace gnc {
+namespace {
+
+using testing::Harness;
+
+// A first Join whose layout would need more than max_shard_bytes is refused before
+// anything is fixed: the next Join, of a layout that fits, fixes its own; the limit
+// counts (2K + 4) floats per element with perturbations, (K + 4) without.
+TEST(ShardCoreLimitsTest, OversizedFirstJoinFixesNothing) {
+  ShardOptions o;
+  o.num_workers = 2;
+  o.mode = SmoothingMode::kGnc;
+  o.max_shard_bytes = 4 * 8 * 1000;  // (2K + 4) = 8 floats for 1000 elements
+  Harness h(o, 1000);
+  EXPECT_EQ(h.core().OfferSize(0).status().code(), absl::StatusCode::kFailedPrecondition);
+  JoinArgs big = h.Args(0);
+  big.layout = *ModelLayout::Create({TensorSpec{"everything", {int64_t{1} << 40}}});
+  absl::StatusOr<JoinInfo> refused = h.core().Join(big);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.status().message().find("--max_shard_bytes"), std::string::npos);
+  JoinArgs over = h.Args(0);
+  over.layout = testing::Layout(1001);  // one element too many
+  EXPECT_EQ(h.core().Join(over).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(h.core().OfferSize(0).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(h.core().GetStatus().range.size(), 0);
+  // The layout that fits is taken by both ranks; the oversized one stays refused.
+  ASSERT_TRUE(h.core().Join(h.Args(0)).ok());
+  ASSERT_TRUE(h.core().Join(h.Args(1)).ok());
+  EXPECT_EQ(*h.core().OfferSize(1), 1000);
+  EXPECT_EQ(h.core().Join(big).status().code(), absl::StatusCode::kFailedPrecondition);
+
+  ShardOptions none = o;
+  none.mode = SmoothingMode::kNone;  // (K + 4) = 6 floats per element
+  none.max_shard_bytes = 4 * 6 * 1000;
+  Harness h2(none, 1000);
+  EXPECT_TRUE(h2.core().Join(h2.Args(0)).ok());
+}
+
+}  // namespace
+}  // namespace gnc

@@ -95,19 +95,28 @@ class Client:
         every worker (or the straggler timeout), so make it longer than the slowest
         worker's step.
       rpc_timeout: deadline, in seconds, of every other call (offer, pull, leave).
+      tls_ca_file: PEM CA certificates that sign the shards' certificates: connect
+        over TLS (as gnc-worker's --tls_ca_file).
+      tls_cert_file, tls_key_file: this worker's PEM certificate and key, for shards
+        that require mutual TLS (also turns TLS on, trusting the system's roots
+        without tls_ca_file).
+      auth_token_file: file holding the job token, sent with every call.
 
     Raises GncError from the first shard that refuses the join (INVALID_ARGUMENT,
     FAILED_PRECONDITION, ...), DEADLINE_EXCEEDED if a shard never answered, or
     FAILED_PRECONDITION if the shards disagree on the job's config or shard map, or the
     job cannot go on without a mixed model (a shard came back blank while the job has
-    started); ValueError for bad arguments.
+    started), UNAUTHENTICATED for a missing or wrong token; ValueError for bad
+    arguments or security files that cannot be read.
     """
 
     def __init__(self, servers: Sequence[str], rank: int, num_workers: int,
                  layout: Layout | Iterable[TensorSpec | tuple[str, Sequence[int]]],
                  local_batch_size: int, wire_dtype: str = "float32", config_hash: int = 0,
                  connect_timeout: float = 60.0, reconnect_timeout: float = 120.0,
-                 step_timeout: float = 600.0, rpc_timeout: float = 60.0):
+                 step_timeout: float = 600.0, rpc_timeout: float = 60.0,
+                 tls_ca_file: Optional[str] = None, tls_cert_file: Optional[str] = None,
+                 tls_key_file: Optional[str] = None, auth_token_file: Optional[str] = None):
         if isinstance(servers, str):
             raise ValueError("servers must be a list of host:port, not one string")
         if not servers:
@@ -129,7 +138,7 @@ class Client:
         self._reconnect_timeout = reconnect_timeout
         self._step_timeout = step_timeout
         self._rpc_timeout = rpc_timeout
-        self._transport = Transport()
+        self._transport = Transport(tls_ca_file, tls_cert_file, tls_key_file, auth_token_file)
         self._cond = threading.Condition()
         self._left = False
         self._closed = False
