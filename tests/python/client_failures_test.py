@@ -19,8 +19,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 import unittest
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import gnc_testlib
@@ -114,10 +116,11 @@ def shard_status(address: str) -> gnc_pb2.StatusResponse:
 
 class ClientFailuresTest(unittest.TestCase):
 
-    def assert_finished(self, runs: list[WorkerRun]) -> None:
+    def assert_finished(self, runs: list[WorkerRun], shards=()) -> None:
         for rank, run in enumerate(runs):
             if run.error is not None:
-                raise AssertionError(f"worker {rank} failed") from run.error
+                logs = "".join(f"\n--- shard {i} log ---\n{s.log()}" for i, s in enumerate(shards))
+                raise AssertionError(f"worker {rank} failed{logs}") from run.error
             self.assertEqual(run.steps[-1], STEPS, f"worker {rank}: {run.steps}")
 
     def test_killed_shard_restores_and_the_job_ends_bit_identical(self) -> None:
@@ -127,17 +130,33 @@ class ClientFailuresTest(unittest.TestCase):
         self.assert_finished(reference)
         self.assertEqual(reference[0].steps, list(range(STEPS + 1)))
 
+        checkpoints = Path(gnc_testlib.temp_dir(self))
         shards = gnc_testlib.start_shards(self, ARGS.server, 2, K, SERVER_FLAGS + [
-            f"--checkpoint_dir={gnc_testlib.temp_dir(self)}", "--checkpoint_every=8"], fixed_ports=True)
+            f"--checkpoint_dir={checkpoints}", "--checkpoint_every=8"], fixed_ports=True)
+
+        def common_checkpoint() -> set[int]:
+            steps = [{int(p.name.rsplit("-step-", 1)[1].removesuffix(".ckpt"))
+                      for p in checkpoints.glob(f"shard-{i}-of-2-gen-*-step-*.ckpt")}
+                     for i in range(2)]
+            return steps[0] & steps[1] - {0}
 
         def kill_and_restart() -> None:
+            # Checkpoints are written in the background: on a loaded machine the one
+            # of step 8 or 16 may still be in flight at step 20. Kill once both shards
+            # have one in common (otherwise only w0 is common and the shards rightly
+            # hold no common step).
+            deadline = time.monotonic() + HANG_S
+            while not common_checkpoint():
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no common checkpoint: {sorted(checkpoints.iterdir())}")
+                time.sleep(0.05)
             shards[1].signal(signal.SIGKILL)
             shards[1].process.wait(timeout=30)
             shards[1].restart()
 
         runs = run_job([s.address for s in shards], KillAt(20, kill_and_restart),
                        reconnect_timeout=30, step_timeout=60)
-        self.assert_finished(runs)
+        self.assert_finished(runs, shards)
         log = shards[1].log()
         self.assertIn("restored step", log)
         for rank, run in enumerate(runs):
