@@ -163,6 +163,12 @@ absl::StatusOr<JoinInfo> ShardCore::Join(const JoinArgs& args) {
   return info;
 }
 
+absl::StatusOr<int64_t> ShardCore::ShardSize() const {
+  absl::MutexLock lock(&mu_);
+  if (!has_layout_) return absl::FailedPreconditionError("no worker has joined yet");
+  return range_.size();
+}
+
 absl::StatusOr<int64_t> ShardCore::OfferSize(int rank) const {
   if (absl::Status s = CheckRank(rank); !s.ok()) return s;
   absl::MutexLock lock(&mu_);

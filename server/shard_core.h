@@ -202,6 +202,9 @@ class ShardCore {
   // layout, config hash or job id mismatch), UNAVAILABLE (draining).
   absl::StatusOr<JoinInfo> Join(const JoinArgs& args);
 
+  // ShardSize: elements owned by this shard; FAILED_PRECONDITION before any join.
+  absl::StatusOr<int64_t> ShardSize() const;
+
   // OfferSize: elements an offer from `rank` must carry (the shard's), asked before
   // its buffer is allocated. Errors: NOT_FOUND (rank), FAILED_PRECONDITION (not joined).
   absl::StatusOr<int64_t> OfferSize(int rank) const;
