@@ -225,7 +225,8 @@ def write_plots(out, runs):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in runs if r["status"] == "ok"]
+    # Like the table: diverged and collapsed runs are left out (the table counts them).
+    ok = [r for r in runs if r["status"] == "ok" and not collapsed(r)]
     colors = {"none": "black", "gnc": "tab:red", "isotropic": "tab:blue"}
     written = []
     # Test accuracy against epoch: one figure per (model, batch, timing), one panel per
