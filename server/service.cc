@@ -1,4 +1,5 @@
 #include "server/service.h"
+#include "server/train_chunk.h"
 
 #include <algorithm>
 #include <memory>
@@ -228,24 +229,7 @@ void TrainReactor::OnReadDone(bool ok) {
 }
 
 void TrainReactor::Receive(const TrainRequestView& msg) {
-  GradientChunk chunk;
-  chunk.rank = rank_;
-  chunk.session = session_;
-  chunk.generation = msg.generation;
-  chunk.step = msg.step;
-  chunk.num_samples = msg.num_samples;
-  chunk.offset = msg.chunk.offset;
-  chunk.last = msg.chunk.last;
-  absl::StatusOr<WireDType> dtype = ToWireDType(msg.chunk.dtype);
-  absl::StatusOr<int64_t> count = PayloadElements(msg.chunk.data.size, msg.chunk.dtype);
-  if (!dtype.ok()) {
-    chunk.decode_status = dtype.status();
-  } else if (!count.ok()) {
-    chunk.decode_status = count.status();
-  } else {
-    chunk.dtype = *dtype;
-    chunk.payload = &msg.chunk.data;
-  }
+  GradientChunk chunk = ChunkFromWire(msg, rank_, session_);
   absl::StatusOr<PushOutcome> outcome = core_->PushGradient(chunk);
   slices_.clear();  // the payload has been copied into the slot
   if (outcome.ok() && *outcome != PushOutcome::kCommitted) {

@@ -30,6 +30,7 @@
 #include "common/bf16.h"
 #include "common/wire.h"
 #include "server/shard_core.h"
+#include "server/train_chunk.h"
 
 namespace gnc {
 namespace {
@@ -179,30 +180,6 @@ Payload SplitPayload(const std::string& bytes, uint8_t seed) {
     at += piece;
   }
   return p;
-}
-
-// FromWire: what the gRPC layer makes of a parsed Gradient message (as in
-// server/service.cc, TrainReactor::Receive).
-GradientChunk FromWire(const TrainRequestView& msg, int rank, uint64_t session) {
-  GradientChunk chunk;
-  chunk.rank = rank;
-  chunk.session = session;
-  chunk.generation = msg.generation;
-  chunk.step = msg.step;
-  chunk.num_samples = msg.num_samples;
-  chunk.offset = msg.chunk.offset;
-  chunk.last = msg.chunk.last;
-  absl::StatusOr<WireDType> dtype = ToWireDType(msg.chunk.dtype);
-  absl::StatusOr<int64_t> count = PayloadElements(msg.chunk.data.size, msg.chunk.dtype);
-  if (!dtype.ok()) {
-    chunk.decode_status = dtype.status();
-  } else if (!count.ok()) {
-    chunk.decode_status = count.status();
-  } else {
-    chunk.dtype = *dtype;
-    chunk.payload = &msg.chunk.data;
-  }
-  return chunk;
 }
 
 std::string Flatten(const Payload& p) {
@@ -591,7 +568,7 @@ class Harness {
     TrainRequestView view;
     FUZZ_CHECK(ParseTrainRequest(msg, &slices, &view).ok());
     FUZZ_CHECK(view.kind == TrainRequestView::Kind::kGradient);
-    return Push(FromWire(view, c.rank, c.session), Flatten(view.chunk.data));
+    return Push(ChunkFromWire(view, c.rank, c.session), Flatten(view.chunk.data));
   }
 
   int64_t Around(Input& in, int64_t current) {
@@ -690,7 +667,7 @@ class Harness {
         view.kind != TrainRequestView::Kind::kGradient) {
       return false;
     }
-    return Push(FromWire(view, rank, ranks_[rank].session), Flatten(view.chunk.data));
+    return Push(ChunkFromWire(view, rank, ranks_[rank].session), Flatten(view.chunk.data));
   }
 
   bool Rewind(Input& in, const Seen& before) {
