@@ -171,14 +171,21 @@ absl::StatusOr<TrainSummary> Trainer::Run(GncClient& client) {
   double epoch_loss = 0;  // this worker's training loss in the epoch being evaluated
   int64_t epoch_steps = 0;
   int64_t step = 0;
+  int64_t generation = 0;
+  bool received_any = false;
   while (true) {
     const absl::Time t0 = absl::Now();
     absl::StatusOr<int64_t> received = client.ReceiveEvalPoint(x);
     if (!received.ok()) return Annotate(received.status(), "receive evaluation point");
-    if (*received < step) {
+    // A rewind starts a new generation; it may go back to the very step this worker
+    // just pushed for, so the step alone does not show it.
+    const int64_t now_generation = client.job().generation;
+    if (received_any && (now_generation != generation || *received < step)) {
       print_(absl::StrFormat("%s: the job was rewound to step %d (generation %d)", who,
-                             *received, client.job().generation));
+                             *received, now_generation));
     }
+    received_any = true;
+    generation = now_generation;
     step = *received;
     const absl::Time t1 = absl::Now();
     if (metrics_ != nullptr) {
