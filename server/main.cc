@@ -23,6 +23,7 @@
 #include "absl/time/clock.h"
 #include "common/codec.h"
 #include "common/command_line.h"
+#include "common/process_memory.h"
 #include "common/credentials.h"
 #include "common/log.h"
 #include "prometheus/exposer.h"
@@ -373,6 +374,7 @@ int main(int argc, char** argv) {
     return *done;
   }
   absl::ParseCommandLine(argc, argv);
+  gnc::RetainFreedMemory();
   // Signals are taken synchronously by the main loop; block them before any thread
   // starts so that every thread inherits the mask.
   sigset_t signals;

@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/command_line.h"
+#include "common/process_memory.h"
 #include "common/credentials.h"
 #include "common/log.h"
 #include "prometheus/exposer.h"
@@ -386,6 +387,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   absl::ParseCommandLine(argc, argv);
+  gnc::RetainFreedMemory();
   absl::StatusOr<gnc::WorkerConfig> config = gnc::ConfigFromFlags();
   if (!config.ok()) {
     gnc::LogError("invalid configuration: ", config.status().message());

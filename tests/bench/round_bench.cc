@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -24,6 +25,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/process_memory.h"
 #include "tests/integration/server_process.h"
 #include "worker/client.h"
 
@@ -112,6 +114,7 @@ double PeakRssMib(pid_t pid) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gnc::RetainFreedMemory();  // as gnc-worker and gnc-server do
   const int num_shards = IntFlag(argc, argv, "servers", 2);
   const int num_workers = IntFlag(argc, argv, "workers", 2);
   const int64_t n = static_cast<int64_t>(IntFlag(argc, argv, "mfloats", 4)) << 20;
@@ -156,7 +159,7 @@ int main(int argc, char** argv) {
   gnc::ModelLayout layout = *gnc::ModelLayout::Create({gnc::TensorSpec{"params", {n}}});
   std::vector<std::vector<double>> round_times(num_workers);
   std::vector<std::thread> threads;
-  bool failed = false;
+  std::atomic<bool> failed = false;
   for (int k = 0; k < num_workers; ++k) {
     threads.emplace_back([&, k] {
       gnc::ClientOptions o;
@@ -189,7 +192,7 @@ int main(int argc, char** argv) {
           round_times[k].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
         }
       }
-      (*client)->Leave();
+      if (!(*client)->Leave().ok()) failed = true;
     });
   }
   for (std::thread& t : threads) t.join();

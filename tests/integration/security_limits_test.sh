@@ -15,7 +15,8 @@ source "$(dirname "$0")/security_lib.sh"
 
 # --- 1. The flood, during a job.
 log=$WORK/flood-job.log
-"$LAUNCH" --run_dir "$WORK/run" --shards 2 --workers 2 --mode gnc --epochs 2 --batch_size 64 \
+# Four epochs: the job must outlast the flood (about 6 s) on a fast machine too.
+"$LAUNCH" --run_dir "$WORK/run" --shards 2 --workers 2 --mode gnc --epochs 4 --batch_size 64 \
   --test_limit 1000 --lr 0.1 --warmup_steps 10 --lr_decay cosine \
   --device cpu --progress_interval 0.5s --server_metrics_port 0 --worker_metrics_port 0 \
   --timeout 240 --server_arg=--hello_timeout=2s >"$log" 2>&1 &
@@ -70,10 +71,10 @@ wait "$launcher_pid"
 st=$?
 launcher_pid=""
 ((st == 0)) || { cat "$log"; fail "the job failed during the flood (launcher status $st)"; }
-# 2 x floor(floor(60000 / 2) / 64) = 2 x 468 = 936 steps.
+# 4 x floor(floor(60000 / 2) / 64) = 4 x 468 = 1872 steps.
 for k in 0 1; do
-  grep -q "^\[worker $k\] worker $k done: 936 steps pushed, 0 late" "$log" ||
-    { cat "$log"; fail "worker $k did not push all 936 steps on time during the flood"; }
+  grep -q "^\[worker $k\] worker $k done: 1872 steps pushed, 0 late" "$log" ||
+    { cat "$log"; fail "worker $k did not push all 1872 steps on time during the flood"; }
 done
 grep -q "superseded" "$log" && { cat "$log"; fail "a stream was superseded"; }
 
