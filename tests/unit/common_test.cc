@@ -1,4 +1,5 @@
 // Layout, shard map and wire codec.
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -102,6 +103,23 @@ TEST(CodecTest, FindNonFinite) {
   EXPECT_EQ(FindNonFinite(v), 4321);
   v[17] = std::nanf("");
   EXPECT_EQ(FindNonFinite(v), 17);
+}
+
+// Against std::isfinite, element by element, for the bit patterns next to the
+// boundary: each value alone in an all-finite vector, at a position in a later block.
+TEST(CodecTest, FindNonFiniteAgreesWithIsFiniteOnEdgeValues) {
+  const float lim = std::numeric_limits<float>::max();
+  const std::vector<uint32_t> bits = {
+      0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu, 0x00800000u, 0x7f7fffffu,
+      0xff7fffffu, 0x7f800000u, 0xff800000u, 0x7f800001u, 0xffc00000u, 0x7fffffffu,
+      0xffffffffu, 0x3f800000u, 0x7f000000u, 0x40000000u};
+  std::vector<float> v(3000, lim);
+  for (uint32_t b : bits) {
+    const float x = std::bit_cast<float>(b);
+    v[2049] = x;
+    EXPECT_EQ(FindNonFinite(v), std::isfinite(x) ? -1 : 2049) << std::hex << b;
+    v[2049] = lim;
+  }
 }
 
 }  // namespace
