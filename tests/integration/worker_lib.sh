@@ -31,6 +31,18 @@ finish() {
       st=1
     fi
   done
+  if ((st != 0)); then
+    # The processes' last words: the newest logs, so that a CI log shows the cause.
+    local log
+    while read -r log; do
+      echo "--- last lines of $(basename "$log"):" >&2
+      tail -n 6 "$log" >&2
+    done < <(ls -t "$WORK"/*.log 2>/dev/null | head -n 6)
+  fi
+  if ((st != 0)) && [[ -n ${GNC_KEEP_FAILED:-} ]]; then
+    cp -r "$WORK" "$GNC_KEEP_FAILED.$$" 2>/dev/null &&
+      echo "kept the failed test's logs in $GNC_KEEP_FAILED.$$" >&2
+  fi
   rm -rf "$WORK"
   exit "$st"
 }
