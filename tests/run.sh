@@ -8,7 +8,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 build="${BUILD_DIR:-build}"
-jobs="$(nproc)"
+jobs="$(tests/cpus.sh)"
 
 deploy/local/install-deps.sh --tests
 

@@ -6,7 +6,7 @@
 # the integration tests start are the sanitized ones, so a report in a server or a
 # worker fails the test that started it.
 #   SANITIZE_BUILD_DIR  the tree (default: build-asan in the source folder)
-#   SANITIZE_JOBS       build and test jobs (default: nproc)
+#   SANITIZE_JOBS       build and test jobs (default: the CPUs this process may use, tests/cpus.sh)
 #   CTEST_ARGS          extra ctest arguments (e.g. "-R Shard")
 # Left out, and why: gpu (no CUDA in this tree: the kernels are checked against the CPU
 # reference on a device, and nvcc's host code under ASan needs care of its own),
@@ -17,7 +17,7 @@
 set -euo pipefail
 src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${SANITIZE_BUILD_DIR:-$src/build-asan}"
-jobs="${SANITIZE_JOBS:-$(nproc)}"
+jobs="${SANITIZE_JOBS:-$("$src/tests/cpus.sh")}"
 flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 
 skip() {
@@ -56,6 +56,9 @@ export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 export GNC_FLOOD_RSS_SLACK_KB="${GNC_FLOOD_RSS_SLACK_KB:-600000}"
 # Tests that need a real allocation failure (AddressSanitizer aborts instead) skip it.
 export GNC_SANITIZED=1
+# The failure tests wait three times as long for a process to end (its own deadlines
+# are unchanged): the sanitized daemons are slower.
+export GNC_TIME_SCALE="${GNC_TIME_SCALE:-3}"
 cd "$build"
 status=0
 # shellcheck disable=SC2086

@@ -8,13 +8,13 @@
 #   FUZZ_BUILD_DIR  the fuzz tree (default: build-fuzz in the source folder)
 #   FUZZ_SECONDS    seconds per target (default 60)
 #   FUZZ_TARGETS    targets to run (default: "wire shard")
-#   FUZZ_JOBS       build jobs (default: nproc)
+#   FUZZ_JOBS       build jobs (default: the CPUs this process may use, tests/cpus.sh)
 set -euo pipefail
 src="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 build="${FUZZ_BUILD_DIR:-$src/build-fuzz}"
 seconds="${FUZZ_SECONDS:-60}"
 targets="${FUZZ_TARGETS:-wire shard}"
-jobs="${FUZZ_JOBS:-$(nproc)}"
+jobs="${FUZZ_JOBS:-$("$src/tests/cpus.sh")}"
 
 skip() {
   echo "SKIP: $* (deploy/local/install-deps.sh --tests installs it)"

@@ -80,10 +80,16 @@ start_job() {
   done
 }
 
-# wait_for_step K N LOG: waits until worker K reports a step above N (up to 60 s).
+# How much longer the tests' own waits are in a sanitized build (tests/sanitize.sh sets
+# GNC_TIME_SCALE): its daemons run several times slower, while what a wait checks (that
+# a process ends at all, and by its own deadline's route) is the same.
+TIME_SCALE=${GNC_TIME_SCALE:-1}
+
+# wait_for_step K N LOG: waits until worker K reports a step above N (up to 60 s
+# times TIME_SCALE).
 wait_for_step() {
   local k=$1 n=$2 log=$3 i step
-  for ((i = 0; i < 600; i++)); do
+  for ((i = 0; i < 600 * TIME_SCALE; i++)); do
     step=$(sed -n "s/.*worker $k step \([0-9]*\)\/.*/\1/p" "$log" | tail -n 1)
     [[ -n $step ]] && ((step > n)) && return 0
     sleep 0.1
@@ -92,9 +98,10 @@ wait_for_step() {
   fail "worker $k never got past step $n"
 }
 
-# wait_exit PID SECONDS: the exit status of PID, or a failure if it runs longer.
+# wait_exit PID SECONDS: the exit status of PID, or a failure if it runs longer
+# (SECONDS times TIME_SCALE).
 wait_exit() {
-  local pid=$1 limit=$2 i
+  local pid=$1 limit=$(($2 * TIME_SCALE)) i
   for ((i = 0; i < limit * 10; i++)); do
     if ! kill -0 "$pid" 2>/dev/null; then
       wait "$pid"
