@@ -57,9 +57,23 @@ std::shared_ptr<ShardStream> ShardStream::Start(grpc::GenericStub* stub,
   security.Authorize(&s->context_);
   stub->PrepareBidiStreamingCall(&s->context_, kTrainMethod, grpc::StubOptions(), s.get());
   s->hello_ = EncodeHello(rank, ToProtoDType(dtype));
+  // The caller starts reads and pushes from its own thread, between reactions: without
+  // a hold, a stream that the server ends while no operation is outstanding would be
+  // torn down by gRPC under the caller's next StartRead. The hold goes when the stream
+  // has failed under an operation (Fail), or when the caller is done with it (WaitDone).
+  s->AddHold();
   s->StartWrite(&s->hello_);
   s->StartCall();
   return s;
+}
+
+void ShardStream::ReleaseHold() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!held_) return;
+    held_ = false;
+  }
+  RemoveHold();  // OnDone may now follow
 }
 
 bool ShardStream::broken() const {
@@ -68,6 +82,7 @@ bool ShardStream::broken() const {
 }
 
 void ShardStream::WaitDone() {
+  ReleaseHold();  // the caller starts nothing more
   {
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(&finished_));
@@ -79,14 +94,20 @@ void ShardStream::WaitDone() {
 
 bool ShardStream::Begin() {
   absl::Status status;
+  bool wait_for_done = false;
   {
     absl::MutexLock lock(&mu_);
-    if (!ended_) return true;
-    if (!done_) {
+    if (!ended_) return true;  // held: the stream stays gRPC's until this op is started
+    wait_for_done = !done_;
+    if (wait_for_done) {
       op_failed_ = true;  // OnDone completes the operation with the stream's status
-      return false;
+    } else {
+      status = FromGrpcStatus(final_);
     }
-    status = FromGrpcStatus(final_);
+  }
+  if (wait_for_done) {
+    ReleaseHold();  // nothing is outstanding that would otherwise let OnDone come
+    return false;
   }
   Complete(status.ok() ? absl::UnavailableError("the Train stream has ended") : status);
   return false;
@@ -141,7 +162,7 @@ void ShardStream::WriteChunk() {
 }
 
 void ShardStream::OnWriteDone(bool ok) {
-  bool hello = false, push = false;
+  bool hello = false, push = false, release = false;
   {
     absl::MutexLock lock(&mu_);
     if (hello_pending_) {  // this is the Hello's write
@@ -151,10 +172,12 @@ void ShardStream::OnWriteDone(bool ok) {
       if (!ok) {
         ended_ = true;
         op_failed_ = push_waiting_;  // OnDone completes the waiting push
+        release = push_waiting_;     // ... once the hold is gone
       }
       push_waiting_ = false;
     }
   }
+  if (release) ReleaseHold();
   if (hello) {
     if (push) WriteChunk();  // a push was waiting for it
     return;
@@ -235,11 +258,14 @@ void ShardStream::Complete(absl::Status status) {
 }
 
 void ShardStream::Fail() {
-  // OnDone, which gRPC runs after every other reaction, completes the operation with
-  // the stream's final status.
-  absl::MutexLock lock(&mu_);
-  ended_ = true;
-  op_failed_ = true;
+  // OnDone, which gRPC runs after every other reaction once the hold is gone, completes
+  // the operation with the stream's final status. The caller starts nothing before that.
+  {
+    absl::MutexLock lock(&mu_);
+    ended_ = true;
+    op_failed_ = true;
+  }
+  ReleaseHold();
 }
 
 void ShardStream::OnDone(const grpc::Status& s) {

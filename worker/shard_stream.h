@@ -63,7 +63,8 @@ class ShardStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc:
  public:
   // Start: opens the stream and sends the Hello. The caller must WaitDone (after a
   // Cancel, or once the stream ended) before letting go of it; gRPC's hold ends there,
-  // on the caller's thread. The call carries security's token. REQUIRES: group
+  // on the caller's thread. Until then a hold (AddHold) keeps the call alive between
+  // operations, so that the caller may start one from its own thread at any time. The call carries security's token. REQUIRES: group
   // outlives it.
   static std::shared_ptr<ShardStream> Start(grpc::GenericStub* stub,
                                             const ChannelSecurity& security, int rank,
@@ -99,6 +100,7 @@ class ShardStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc:
   void WriteChunk();
   void Complete(absl::Status status);
   void Fail();  // the stream ended under an operation: its status follows in OnDone
+  void ReleaseHold();  // ends the hold taken at Start (once)
 
   std::shared_ptr<ShardStream> self_;  // gRPC's hold, released by WaitDone
   grpc::ClientContext context_;
@@ -122,6 +124,7 @@ class ShardStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc:
   int64_t sent_ = 0;
 
   mutable absl::Mutex mu_;
+  bool held_ ABSL_GUARDED_BY(mu_) = true;           // Start's AddHold is in place
   bool hello_pending_ ABSL_GUARDED_BY(mu_) = true;  // the Hello's write is in flight
   bool push_waiting_ ABSL_GUARDED_BY(mu_) = false;  // a push waits for it
   bool ended_ ABSL_GUARDED_BY(mu_) = false;         // the stream ended (read or write failed)
