@@ -4,9 +4,14 @@
 // second pass writes the points when they need a shard-wide number first (the
 // isotropic sigma, a cap's scale). Blocks run on a ParallelFor; every block writes its
 // partial sums to its own slot and the slots are added in block order, so the result
-// is the same for any thread count.
+// is the same for any thread count. Within a block the contributors are visited a
+// sub-block (kSub elements) at a time, so every input stream advances together.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 #include <memory>
 #include <vector>
 
@@ -23,7 +28,7 @@ constexpr size_t kBlock = 2048;  // elements; a multiple of 2 (noise pairs)
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 // Built for AVX2+FMA as well as the x86-64 baseline; the loader picks what the CPU has.
-#define GNC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define GNC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define GNC_CLONES
 #endif
@@ -52,87 +57,284 @@ struct Pass1Args {
   // non-finite.
   double* partials;
   size_t stride;
+  bool stream_points;  // non-temporal stores for the points
 };
 
-GNC_CLONES void Pass1(const Pass1Args& a, size_t block_begin, size_t block_end) {
+// Sub-blocks: within a block the contributors are visited kSub elements at a time, so
+// that all K + 2 input streams advance together (the hardware prefetcher keeps every
+// stream in flight; visiting one contributor's whole block after the other halved the
+// bandwidth) and the re-reads of a sub-block hit L1. Every sum is kept in kLanes
+// partial sums that are added in lane order at the end of the block.
+constexpr size_t kSub = 64;
+// Points are written with non-temporal stores once they add up to more than this: they
+// could not stay in the cache until they are sent anyway, and skipping the read of
+// each written line saved 15-25 % of the gnc merge at N = 4 Mi, K = 4. w and v are
+// stored normally: the next step and (mode none) the sender read them soon.
+constexpr size_t kStreamPointsBytes = 16u << 20;
+constexpr size_t kLanes = 16;
+static_assert(kBlock % kSub == 0 && kSub % kLanes == 0);
+
+// Put: n floats (or bf16s) from a sub-block's scratch to their destination. With
+// `stream` and a 16-byte aligned destination the stores are non-temporal: they skip
+// the read of each destination line that an ordinary store costs, and leave the cache
+// to the inputs (used for shards far larger than the cache).
+__attribute__((always_inline)) inline void Put(float* dst, const float* src, size_t n,
+                                               bool stream) {
+#if defined(__SSE2__)
+  if (stream && n % 4 == 0 && (reinterpret_cast<uintptr_t>(dst) & 15) == 0) {
+    for (size_t j = 0; j < n; j += 4) _mm_stream_ps(dst + j, _mm_load_ps(src + j));
+    return;
+  }
+#endif
+  std::copy(src, src + n, dst);
+}
+__attribute__((always_inline)) inline void Put(uint16_t* dst, const uint16_t* src, size_t n,
+                                               bool stream) {
+#if defined(__SSE2__)
+  if (stream && n % 8 == 0 && (reinterpret_cast<uintptr_t>(dst) & 15) == 0) {
+    for (size_t j = 0; j < n; j += 8) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + j),
+                       _mm_load_si128(reinterpret_cast<const __m128i*>(src + j)));
+    }
+    return;
+  }
+#endif
+  std::copy(src, src + n, dst);
+}
+
+// SubBlock: elements [at, at + n) of the shard, n <= kSub. Inlined twice into Pass1:
+// with n = kSub (constant trip counts) and for the shard's last, shorter sub-block.
+// lanes: [k * kLanes] ||g_k||^2, [(num + k) * kLanes] ||g_k - gbar||^2,
+// [2 num * kLanes] ||gbar||^2, [(2 num + 1) * kLanes] NaN when w or v went non-finite.
+__attribute__((always_inline)) inline void SubBlock(const Pass1Args& a, size_t at, size_t n,
+                                                    float* lanes) {
   const MergeParams& p = *a.p;
   const float lr = static_cast<float>(p.lr);
   const float mu = static_cast<float>(p.momentum);
   const float wd = static_cast<float>(p.weight_decay);
   const float coef = static_cast<float>(-p.gnc_scale * p.lr);
-  alignas(64) float gbar[kBlock];
+  const size_t num = a.num;
+  alignas(64) float gbar[kSub];
+  alignas(64) float wt[kSub];
+  alignas(64) float vt[kSub];
+  alignas(64) float xt[kSub];
+  alignas(64) uint16_t xb[kSub];
+  for (size_t j = 0; j < n; ++j) gbar[j] = 0.0f;
+  for (size_t k = 0; k < num; ++k) {
+    const float* g = a.in->grads[k].data() + at;
+    const float wk = a.weight[k];
+    float* acc = lanes + k * kLanes;
+    for (size_t j0 = 0; j0 < n; j0 += kLanes) {
+      const size_t m = std::min(kLanes, n - j0);
+      for (size_t l = 0; l < m; ++l) {
+        const float x = g[j0 + l];
+        gbar[j0 + l] += wk * x;
+        acc[l] += x * x;
+      }
+    }
+  }
+  const float* wb = a.w + at;
+  const float* vb = a.v + at;
+  float* macc = lanes + 2 * num * kLanes;
+  float* bad = macc + kLanes;
+  // wn: the updated w of the sub-block, which the points add their deltas to.
+  const float* wn = wb;
+  if (p.apply_update) {
+    for (size_t j0 = 0; j0 < n; j0 += kLanes) {
+      const size_t m = std::min(kLanes, n - j0);
+      for (size_t l = 0; l < m; ++l) {
+        const size_t j = j0 + l;
+        const float gb = gbar[j];
+        macc[l] += gb * gb;
+        const float ge = gb + wd * wb[j];
+        const float vj = mu * vb[j] + ge;
+        const float wj = wb[j] - lr * (p.nesterov ? ge + mu * vj : vj);
+        vt[j] = vj;
+        wt[j] = wj;
+        bad[l] += (wj - wj) + (vj - vj);  // 0 for finite values, NaN otherwise
+      }
+    }
+    Put(a.w_out + at, wt, n, false);
+    Put(a.v_out + at, vt, n, false);
+    wn = wt;
+  } else {
+    for (size_t j0 = 0; j0 < n; j0 += kLanes) {
+      const size_t m = std::min(kLanes, n - j0);
+      for (size_t l = 0; l < m; ++l) macc[l] += gbar[j0 + l] * gbar[j0 + l];
+    }
+    if (a.w_out != a.w) std::copy(wb, wb + n, a.w_out + at);
+    if (a.v_out != a.v) std::copy(vb, vb + n, a.v_out + at);
+  }
+  if (a.gbar_out != nullptr) std::copy(gbar, gbar + n, a.gbar_out + at);
+  for (size_t k = 0; k < num; ++k) {
+    const float* g = a.in->grads[k].data() + at;
+    float* acc = lanes + (num + k) * kLanes;
+    const PointWriter* out = a.points != nullptr ? &a.points[k] : nullptr;
+    for (size_t j0 = 0; j0 < n; j0 += kLanes) {
+      const size_t m = std::min(kLanes, n - j0);
+      if (out != nullptr && out->f32 != nullptr) {
+        for (size_t l = 0; l < m; ++l) {
+          const float e = g[j0 + l] - gbar[j0 + l];
+          acc[l] += e * e;
+          xt[j0 + l] = wn[j0 + l] + coef * e;
+        }
+      } else if (out != nullptr) {
+        for (size_t l = 0; l < m; ++l) {
+          const float e = g[j0 + l] - gbar[j0 + l];
+          acc[l] += e * e;
+          xb[j0 + l] = FloatToBf16(wn[j0 + l] + coef * e);
+        }
+      } else {
+        for (size_t l = 0; l < m; ++l) {
+          const float e = g[j0 + l] - gbar[j0 + l];
+          acc[l] += e * e;
+        }
+      }
+    }
+    if (out != nullptr && out->f32 != nullptr) {
+      Put(out->f32 + at, xt, n, a.stream_points);
+    } else if (out != nullptr) {
+      Put(out->bf16 + at, xb, n, a.stream_points);
+    }
+  }
+}
+
+// FullSubBlock: SubBlock for n = kSub, written with explicit 8-float vectors so that
+// the sub-block's mean gradient and every lane sum stay in registers. Same arithmetic,
+// element by element, as SubBlock.
+// (Always inlined: no vector crosses a call, so the -Wpsabi note does not apply.)
+#pragma GCC diagnostic ignored "-Wpsabi"
+using V8 = float __attribute__((vector_size(32)));
+__attribute__((always_inline)) inline V8 Load8(const float* p) {
+  V8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+__attribute__((always_inline)) inline void Store8(float* p, V8 v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+static_assert(kSub == 64 && kLanes == 16, "FullSubBlock is written for 8 vectors, 2 per lane row");
+
+__attribute__((always_inline)) inline void FullSubBlock(const Pass1Args& a, size_t at,
+                                                        float* lanes) {
+  const MergeParams& p = *a.p;
+  const float lr = static_cast<float>(p.lr);
+  const float mu = static_cast<float>(p.momentum);
+  const float wd = static_cast<float>(p.weight_decay);
+  const float coef = static_cast<float>(-p.gnc_scale * p.lr);
+  const size_t num = a.num;
+  V8 gbar[8];
+  for (int i = 0; i < 8; ++i) gbar[i] = V8{};
+  for (size_t k = 0; k < num; ++k) {
+    const float* g = a.in->grads[k].data() + at;
+    const float wk = a.weight[k];
+    float* acc = lanes + k * kLanes;
+    V8 a0 = Load8(acc), a1 = Load8(acc + 8);
+    for (int i = 0; i < 8; i += 2) {
+      const V8 x0 = Load8(g + 8 * i), x1 = Load8(g + 8 * i + 8);
+      gbar[i] += wk * x0;
+      gbar[i + 1] += wk * x1;
+      a0 += x0 * x0;
+      a1 += x1 * x1;
+    }
+    Store8(acc, a0);
+    Store8(acc + 8, a1);
+  }
+  alignas(64) float wt[kSub];
+  alignas(64) float vt[kSub];
+  alignas(64) float xt[kSub];
+  alignas(64) uint16_t xb[kSub];
+  const float* wb = a.w + at;
+  const float* vb = a.v + at;
+  float* macc = lanes + 2 * num * kLanes;
+  float* bad = macc + kLanes;
+  const float* wn = wb;
+  {
+    V8 m0 = Load8(macc), m1 = Load8(macc + 8);
+    for (int i = 0; i < 8; i += 2) {
+      m0 += gbar[i] * gbar[i];
+      m1 += gbar[i + 1] * gbar[i + 1];
+    }
+    Store8(macc, m0);
+    Store8(macc + 8, m1);
+  }
+  if (p.apply_update) {
+    V8 b0 = Load8(bad), b1 = Load8(bad + 8);
+    for (int i = 0; i < 8; ++i) {
+      const V8 wj0 = Load8(wb + 8 * i);
+      const V8 ge = gbar[i] + wd * wj0;
+      const V8 vj = mu * Load8(vb + 8 * i) + ge;
+      const V8 wj = wj0 - lr * (p.nesterov ? ge + mu * vj : vj);
+      Store8(vt + 8 * i, vj);
+      Store8(wt + 8 * i, wj);
+      ((i & 1) ? b1 : b0) += (wj - wj) + (vj - vj);
+    }
+    Store8(bad, b0);
+    Store8(bad + 8, b1);
+    Put(a.w_out + at, wt, kSub, false);
+    Put(a.v_out + at, vt, kSub, false);
+    wn = wt;
+  } else {
+    if (a.w_out != a.w) std::copy(wb, wb + kSub, a.w_out + at);
+    if (a.v_out != a.v) std::copy(vb, vb + kSub, a.v_out + at);
+  }
+  if (a.gbar_out != nullptr) {
+    for (int i = 0; i < 8; ++i) Store8(a.gbar_out + at + 8 * i, gbar[i]);
+  }
+  for (size_t k = 0; k < num; ++k) {
+    const float* g = a.in->grads[k].data() + at;
+    float* acc = lanes + (num + k) * kLanes;
+    const PointWriter* out = a.points != nullptr ? &a.points[k] : nullptr;
+    V8 a0 = Load8(acc), a1 = Load8(acc + 8);
+    if (out == nullptr) {
+      for (int i = 0; i < 8; i += 2) {
+        const V8 e0 = Load8(g + 8 * i) - gbar[i], e1 = Load8(g + 8 * i + 8) - gbar[i + 1];
+        a0 += e0 * e0;
+        a1 += e1 * e1;
+      }
+    } else {
+      for (int i = 0; i < 8; i += 2) {
+        const V8 e0 = Load8(g + 8 * i) - gbar[i], e1 = Load8(g + 8 * i + 8) - gbar[i + 1];
+        a0 += e0 * e0;
+        a1 += e1 * e1;
+        Store8(xt + 8 * i, Load8(wn + 8 * i) + coef * e0);
+        Store8(xt + 8 * i + 8, Load8(wn + 8 * i + 8) + coef * e1);
+      }
+      if (out->f32 != nullptr) {
+        Put(out->f32 + at, xt, kSub, a.stream_points);
+      } else {
+        for (size_t j = 0; j < kSub; ++j) xb[j] = FloatToBf16(xt[j]);
+        Put(out->bf16 + at, xb, kSub, a.stream_points);
+      }
+    }
+    Store8(acc, a0);
+    Store8(acc + 8, a1);
+  }
+}
+
+// Pass1: blocks [block_begin, block_end). `lanes` is scratch of (2 num + 2) kLanes
+// floats owned by the calling thread.
+GNC_CLONES void Pass1(const Pass1Args& a, size_t block_begin, size_t block_end, float* lanes) {
+  const size_t rows = 2 * a.num + 2;
   for (size_t b = block_begin; b < block_end; ++b) {
     const size_t base = b * kBlock;
     const size_t len = std::min(kBlock, a.d - base);
+    std::fill(lanes, lanes + rows * kLanes, 0.0f);
+    size_t s0 = 0;
+    for (; s0 + kSub <= len; s0 += kSub) FullSubBlock(a, base + s0, lanes);
+    if (s0 < len) SubBlock(a, base + s0, len - s0, lanes);
     double* part = a.partials + b * a.stride;
-    std::fill(gbar, gbar + len, 0.0f);
-    for (size_t k = 0; k < a.num; ++k) {
-      const float* g = a.in->grads[k].data() + base;
-      const float wk = a.weight[k];
-      float s = 0;
-#pragma omp simd reduction(+ : s)
-      for (size_t j = 0; j < len; ++j) {
-        gbar[j] += wk * g[j];
-        s += g[j] * g[j];
-      }
-      part[k] = s;
-    }
-    const float* wb = a.w + base;
-    const float* vb = a.v + base;
-    float* wo = a.w_out + base;
-    float* vo = a.v_out + base;
-    float m = 0, bad = 0;
-    if (p.apply_update) {
-#pragma omp simd reduction(+ : m, bad)
-      for (size_t j = 0; j < len; ++j) {
-        const float gb = gbar[j];
-        m += gb * gb;
-        const float ge = gb + wd * wb[j];
-        const float vn = mu * vb[j] + ge;
-        const float wn = wb[j] - lr * (p.nesterov ? ge + mu * vn : vn);
-        vo[j] = vn;
-        wo[j] = wn;
-        bad += (wn - wn) + (vn - vn);  // 0 for finite values, NaN otherwise
-      }
-    } else {
-#pragma omp simd reduction(+ : m)
-      for (size_t j = 0; j < len; ++j) m += gbar[j] * gbar[j];
-      if (wo != wb) std::copy(wb, wb + len, wo);
-      if (vo != vb) std::copy(vb, vb + len, vo);
-    }
-    part[2 * a.num] = m;
-    part[2 * a.num + 1] = bad;
-    if (a.gbar_out != nullptr) std::copy(gbar, gbar + len, a.gbar_out + base);
-    for (size_t k = 0; k < a.num; ++k) {
-      const float* g = a.in->grads[k].data() + base;
-      float s = 0;
-      const PointWriter* out = a.points != nullptr ? &a.points[k] : nullptr;
-      if (out != nullptr && out->f32 != nullptr) {
-        float* x = out->f32 + base;
-#pragma omp simd reduction(+ : s)
-        for (size_t j = 0; j < len; ++j) {
-          const float e = g[j] - gbar[j];
-          s += e * e;
-          x[j] = wo[j] + coef * e;
-        }
-      } else if (out != nullptr) {
-        uint16_t* x = out->bf16 + base;
-#pragma omp simd reduction(+ : s)
-        for (size_t j = 0; j < len; ++j) {
-          const float e = g[j] - gbar[j];
-          s += e * e;
-          x[j] = FloatToBf16(wo[j] + coef * e);
-        }
-      } else {
-#pragma omp simd reduction(+ : s)
-        for (size_t j = 0; j < len; ++j) {
-          const float e = g[j] - gbar[j];
-          s += e * e;
-        }
-      }
-      part[a.num + k] = s;
+    for (size_t r = 0; r < rows; ++r) {
+      double sum = 0;
+      for (size_t l = 0; l < kLanes; ++l) sum += lanes[r * kLanes + l];
+      part[r] = sum;
     }
   }
+#if defined(__SSE2__)
+  // Non-temporal stores are weakly ordered: make them visible before this thread
+  // reports its part done (the sender reads the points on another thread).
+  if (a.stream_points) _mm_sfence();
+#endif
 }
 
 inline void Store(const PointWriter& out, size_t i, float x) {
@@ -271,9 +473,13 @@ absl::Status CpuMergeBackend::MergeInto(const MergeParams& p, const MergeInputs&
               v_out.data(),
               write_points && p.mode == SmoothingMode::kGnc && capped ? gbar_.data() : nullptr,
               points_in_pass1 ? writers_.data() : nullptr,
-              d,        num,          partials_.data(), stride};
+              d,        num,          partials_.data(), stride,
+              num * d * sizeof(float) >= kStreamPointsBytes};
   pool_.Run(static_cast<int64_t>(blocks), [&](int64_t b0, int64_t b1) {
-    Pass1(a, static_cast<size_t>(b0), static_cast<size_t>(b1));
+    // Per-thread scratch for the lane sums, kept across steps.
+    thread_local std::vector<float> lanes;
+    lanes.resize(std::max(lanes.size(), stride * kLanes));
+    Pass1(a, static_cast<size_t>(b0), static_cast<size_t>(b1), lanes.data());
   });
 
   std::vector<double> grad_sq(num, 0.0), noise_sq(num, 0.0);

@@ -54,7 +54,7 @@ start_worker() {
   shift 2
   OPENBLAS_NUM_THREADS=1 "$GNC_WORKER_BIN" --servers="$ADDRESSES" --rank="$k" \
     --num_workers="$WORKERS" --epochs="$EPOCHS" --batch_size=64 --train_limit=6000 \
-    --test_limit=2000 --progress_interval=0.2s --device=cpu --connect_timeout=20s \
+    --test_limit=2000 --progress_interval=0.05s --device=cpu --connect_timeout=20s \
     --reconnect_timeout=20s --step_timeout=60s "$@" >>"$log" 2>&1 &
   started=$!
   all_pids+=("$started")

@@ -5,7 +5,9 @@
 # Even rounds: the shard is restarted with the same flags (a rolling restart); it
 # restores the checkpoint it wrote while draining and the job finishes (exit 0).
 # No process may hang in any round.
-EPOCHS=3
+# Long enough (368 steps, about 1.5 s) that the job is still running when the last
+# round's SIGTERM lands, past step 80.
+EPOCHS=8
 source "$(dirname "$0")/failure_lib.sh"
 
 for ((round = 1; round <= 10; round++)); do

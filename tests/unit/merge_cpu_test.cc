@@ -249,7 +249,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{SmoothingMode::kNone, true, 0.0, 0.0, 777, 2},
                       Case{SmoothingMode::kIsotropic, false, 0.0, 0.0, 9001, 3},
                       Case{SmoothingMode::kIsotropic, false, 0.0, 0.005, 6000, 2},
-                      Case{SmoothingMode::kGnc, false, 0.0, 0.0, 1, 1}));
+                      Case{SmoothingMode::kGnc, false, 0.0, 0.0, 1, 1},
+                      // Points of 16 MiB and more go out through non-temporal stores.
+                      Case{SmoothingMode::kGnc, false, 0.0, 0.0, (1 << 20) + 37, 4}));
 
 TEST(MergeCpuTest, IsotropicMatchesVarianceAndIsUncorrelatedWithNoise) {
   const size_t d = 50000;
