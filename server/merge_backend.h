@@ -33,6 +33,13 @@ struct MergeParams {
   // False: a noise pass (fresh noise timing): w_out and v_out become copies of w and
   // v, and the points are x_k = w + delta_k; lr then only scales delta.
   bool apply_update = true;
+  // Versions of the shard state, so that a device backend can keep w and v resident
+  // between steps. out_version names the w_out and v_out this call writes; the caller
+  // passes it back as state_version when exactly those buffers, unchanged, are the
+  // next call's w and v. 0 means "not the output of an earlier call" (a restored,
+  // rewound or first state): the backend must read w and v.
+  uint64_t state_version = 0;
+  uint64_t out_version = 0;
 };
 
 // PointOut: where a contributor's next evaluation point x_k = w_out + delta_k goes,
@@ -84,6 +91,14 @@ class MergeBackend {
                                  std::span<const float> w, std::span<const float> v,
                                  std::span<float> w_out, std::span<float> v_out,
                                  std::span<const PointOut> points, MergeStats* stats) = 0;
+
+  // PinHost: [data, data + bytes) will be a gradient input of many calls (a worker's
+  // receive slot); a device backend page-locks it so that uploads from it need no
+  // staging copy. A hint: a backend that cannot pin still works (it stages). Every
+  // pinned range must be released with UnpinHost(data) before it is freed or moved.
+  // Thread-safe with respect to MergeInto (receive slots change while a merge runs).
+  virtual void PinHost(const void* data, size_t bytes) {}
+  virtual void UnpinHost(const void* data) {}
 
   // Merge: MergeInto with w and v updated in place.
   absl::Status Merge(const MergeParams& params, const MergeInputs& inputs, std::span<float> w,

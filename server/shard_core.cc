@@ -63,9 +63,14 @@ ShardCore::ShardCore(ShardOptions options, std::unique_ptr<MergeBackend> backend
 }
 
 ShardCore::~ShardCore() {
-  absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(
-      +[](bool* merging) { return !*merging; }, &merging_));
+  {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](bool* merging) { return !*merging; }, &merging_));
+  }
+  for (const std::unique_ptr<Slot>& slot : slots_) {
+    if (!slot->g.empty()) backend_->UnpinHost(slot->g.data());
+  }
 }
 
 absl::Status ShardCore::CheckRank(int rank) const {
@@ -243,11 +248,15 @@ absl::StatusOr<uint64_t> ShardCore::OpenStream(int rank, WireDType dtype) {
     if (diverged_) return DivergedError();
     // Resized only while the worker has no committed gradient (the merge may read it).
     if (!w.committed && slot.g.size() != static_cast<size_t>(range_.size())) {
+      // The slot is pinned for a device backend while it has its size (uploads from
+      // it then need no staging copy).
+      if (!slot.g.empty()) backend_->UnpinHost(slot.g.data());
       if (absl::Status s = TryAllocate("a gradient slot", [&] { slot.g.resize(range_.size()); });
           !s.ok()) {
         if (observer_ != nullptr) observer_->OnLimited("allocation");
         return s;
       }
+      backend_->PinHost(slot.g.data(), slot.g.size() * sizeof(float));
     }
     if (w.session != 0) {
       LogWarning("shard ", options_.shard_index, ": rank ", rank,
@@ -610,6 +619,15 @@ std::unique_ptr<ShardCore::MergeJob> ShardCore::PrepareMerge() {
   p.seed = options_.seed;
   p.noise_step = state_.step + 1;
   p.global_offset = range_.begin;
+  // w and v are the last merge's outputs, unchanged (the same buffers: no restore or
+  // rewind replaced them): a device backend may still hold them.
+  const bool resident = merged_w_ != nullptr && state_.w == merged_w_ && state_.v == merged_v_;
+  p.state_version = resident ? merged_version_ : 0;
+  p.out_version = ++next_version_;
+  if (!resident) {  // not kept alive past a restore or a rewind
+    merged_w_.reset();
+    merged_v_.reset();
+  }
   job->w = state_.w;
   job->v = state_.v;
   job->w_out = w_pool_.Acquire(d);
@@ -649,6 +667,9 @@ void ShardCore::FinishMerge(MergeJob& job, const absl::Status& status, Waiters* 
   if (job.params.apply_update) {
     state_.w = std::move(job.w_out);
     state_.v = std::move(job.v_out);
+    merged_w_ = state_.w;
+    merged_v_ = state_.v;
+    merged_version_ = job.params.out_version;
   }
   StepReport report;
   report.formed_points = job.params.mode != SmoothingMode::kNone;

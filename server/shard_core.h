@@ -365,6 +365,12 @@ class ShardCore {
   std::shared_ptr<const Publication> publication_ ABSL_GUARDED_BY(mu_);
   // Each rank's point buffer, rewritten by the merge once nobody reads it any more.
   std::vector<std::shared_ptr<PointBuffer>> points_ ABSL_GUARDED_BY(mu_);
+  // The w and v the last applied merge wrote, and the version it was told
+  // (MergeParams::state_version): held, so that identity means "unchanged since".
+  SharedFloats merged_w_ ABSL_GUARDED_BY(mu_);
+  SharedFloats merged_v_ ABSL_GUARDED_BY(mu_);
+  uint64_t merged_version_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_version_ ABSL_GUARDED_BY(mu_) = 0;
   BufferPool w_pool_ ABSL_GUARDED_BY(mu_);
   BufferPool v_pool_ ABSL_GUARDED_BY(mu_);
   int64_t checkpointed_step_ ABSL_GUARDED_BY(mu_) = -1;

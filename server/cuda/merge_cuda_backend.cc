@@ -1,15 +1,18 @@
 // CudaMergeBackend: the merge of server/merge_cpu.cc on a CUDA device. Per step it
-// stages the gradients, w and v to the device through pinned chunks on its own
-// stream, runs the fused pass (mean, norms, optimizer, gnc deltas), reduces the
+// uploads the gradients (straight from the receive slots the shard core pinned, else
+// through pinned chunks) and, unless the device still holds them from the previous
+// step (MergeParams::state_version), w and v, on its own stream; runs the fused pass (mean, norms, optimizer, gnc deltas), reduces the
 // per-block partials in a fixed order, then, once sigma or the norms are known on the
 // host, the isotropic noise and the cap, and copies w, v and the deltas back.
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "server/cuda/cuda_memory.h"
 #include "common/cuda/cuda_status.h"
 #include "common/bf16.h"
@@ -60,8 +63,15 @@ class CudaMergeBackend final : public MergeBackend {
                          std::span<float> v_out, std::span<const PointOut> points,
                          MergeStats* stats) override;
 
+  void PinHost(const void* data, size_t bytes) override;
+  void UnpinHost(const void* data) override;
+  ~CudaMergeBackend() override;
+
  private:
   CudaMergeBackend() = default;
+
+  // Pinned: whether [data, data + bytes) lies in a range PinHost registered.
+  bool Pinned(const void* data, size_t bytes);
 
   // Layout: device buffers for `num` rows of `d` elements, with zero padding. A new d
   // clears everything (old values in what is now padding would enter the norms).
@@ -88,7 +98,52 @@ class CudaMergeBackend final : public MergeBackend {
   PinnedArray<uint64_t> keys_host_;
   PinnedArray<double> sums_host_;
   std::vector<float> delta_host_;  // the deltas, downloaded to form the points
+  // The out_version of the last call whose updated w and v are still in w_ and v_
+  // (0: none; a noise pass, a failure or a new layout leaves none).
+  uint64_t resident_version_ = 0;
+
+  absl::Mutex pinned_mu_;
+  std::map<const unsigned char*, size_t> pinned_ ABSL_GUARDED_BY(pinned_mu_);  // start -> bytes
 };
+
+void CudaMergeBackend::PinHost(const void* data, size_t bytes) {
+  if (data == nullptr || bytes == 0) return;
+  absl::MutexLock lock(&pinned_mu_);
+  const auto* start = static_cast<const unsigned char*>(data);
+  if (pinned_.count(start) != 0) return;
+  if (cudaSetDevice(device_) != cudaSuccess ||
+      cudaHostRegister(const_cast<void*>(data), bytes, cudaHostRegisterDefault) != cudaSuccess) {
+    // A hint only (page-locked memory may be limited): uploads from this range are
+    // staged instead, as before the slot existed.
+    cudaGetLastError();  // clear the error
+    return;
+  }
+  pinned_[start] = bytes;
+}
+
+void CudaMergeBackend::UnpinHost(const void* data) {
+  absl::MutexLock lock(&pinned_mu_);
+  auto it = pinned_.find(static_cast<const unsigned char*>(data));
+  if (it == pinned_.end()) return;
+  cudaHostUnregister(const_cast<void*>(data));
+  pinned_.erase(it);
+}
+
+CudaMergeBackend::~CudaMergeBackend() {
+  absl::MutexLock lock(&pinned_mu_);
+  for (const auto& [start, bytes] : pinned_) {
+    cudaHostUnregister(const_cast<unsigned char*>(start));
+  }
+}
+
+bool CudaMergeBackend::Pinned(const void* data, size_t bytes) {
+  absl::MutexLock lock(&pinned_mu_);
+  const auto* start = static_cast<const unsigned char*>(data);
+  auto it = pinned_.upper_bound(start);
+  if (it == pinned_.begin()) return false;
+  --it;
+  return start >= it->first && start + bytes <= it->first + it->second;
+}
 
 absl::StatusOr<std::unique_ptr<MergeBackend>> CudaMergeBackend::Create(int device) {
   std::unique_ptr<CudaMergeBackend> b(new CudaMergeBackend());
@@ -132,6 +187,7 @@ absl::Status CudaMergeBackend::Layout(int num, size_t d) {
   GNC_RETURN_IF_ERROR(Grow(2 * rows + 1, &sums_));
   GNC_RETURN_IF_ERROR(Grow(2 * rows + 1, &sums_host_));
   cudaStream_t s = stream_.get();
+  resident_version_ = 0;  // w_ and v_ are cleared
   GNC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), s));
   GNC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(deltas_.data(), 0, deltas_.bytes(), s));
   GNC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(w_.data(), 0, w_.bytes(), s));
@@ -157,6 +213,9 @@ absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs
                                          std::span<const PointOut> points, MergeStats* stats) {
   const size_t num = in.grads.size();
   const size_t d = w.size();
+  // Whatever happens below, w_ and v_ hold this call's state only if it succeeds.
+  const uint64_t held_version = resident_version_;
+  resident_version_ = 0;
   GNC_RETURN_IF_ERROR(ValidateMergeInputs(p, in, w, v, points, w_out.size(), v_out.size()));
   double total = 0;
   for (double n : in.num_samples) total += n;
@@ -172,7 +231,10 @@ absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs
   const int k_num = static_cast<int>(num);
   cudaStream_t s = stream_.get();
   GNC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  resident_version_ = held_version;  // Layout clears it when it clears w_ and v_
   GNC_RETURN_IF_ERROR(Layout(k_num, d));
+  const bool resident = p.state_version != 0 && p.state_version == resident_version_;
+  resident_version_ = 0;
 
   for (size_t k = 0; k < num; ++k) {
     weights_host_[k] = static_cast<float>(in.num_samples[k] / total);
@@ -182,12 +244,24 @@ absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs
                                            num * sizeof(float), cudaMemcpyHostToDevice, s));
   GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(keys_.data(), keys_host_.data(), num * sizeof(uint64_t),
                                            cudaMemcpyHostToDevice, s));
+  // Gradients in pinned receive slots go straight to the device (the slots stay
+  // unchanged until this call returns, after the stream has been synchronised); the
+  // rest through the stager. w and v only when the device does not hold them.
   std::vector<cuda::HostToDevice> up;
   for (size_t k = 0; k < num; ++k) {
-    up.push_back({in.grads[k].data(), grads_.data() + k * stride_, d * sizeof(float)});
+    const cuda::HostToDevice t{in.grads[k].data(), grads_.data() + k * stride_,
+                               d * sizeof(float)};
+    if (Pinned(t.host, t.bytes)) {
+      GNC_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(t.device, t.host, t.bytes, cudaMemcpyHostToDevice, s));
+    } else {
+      up.push_back(t);
+    }
   }
-  up.push_back({w.data(), w_.data(), d * sizeof(float)});
-  up.push_back({v.data(), v_.data(), d * sizeof(float)});
+  if (!resident) {
+    up.push_back({w.data(), w_.data(), d * sizeof(float)});
+    up.push_back({v.data(), v_.data(), d * sizeof(float)});
+  }
   GNC_RETURN_IF_ERROR(stager_->Upload(up));
 
   cuda::MergePassArgs a;
@@ -281,6 +355,8 @@ absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs
     if (v_out.data() != v.data()) std::copy(v.begin(), v.end(), v_out.begin());
   }
   stats->finite = FindNonFinite(w_out) < 0 && FindNonFinite(v_out) < 0;
+  // A noise pass left the kernel's update in w_ and v_, not w and v.
+  if (p.apply_update) resident_version_ = p.out_version;
   // The points x_k = w + delta_k in each worker's encoding, as the CPU rounds them.
   // (Formed on the host: a device pass writing them straight into pinned buffers is
   // the next step for the GPU path.)

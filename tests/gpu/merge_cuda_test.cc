@@ -252,6 +252,50 @@ TEST_F(CudaMergeTest, ChangingSizeAndContributorsReusesBuffersCorrectly) {
   }
 }
 
+// Resident state: a call that names the previous call's out_version uses the w and v
+// still on the device (the host copies passed here are poisoned to prove it); one that
+// names anything else (0, a stale version, or after a noise pass) reads w and v from
+// the host. Gradients come from pinned slots.
+TEST_F(CudaMergeTest, KeepsWAndVOnTheDeviceOnlyUnderTheirVersion) {
+  Step step = MakeStep(100003, 4, 21);
+  step.params.mode = SmoothingMode::kGnc;
+  for (const auto& g : step.grads) cuda_->PinHost(g.data(), g.size() * sizeof(float));
+  Step cpu_step = step;
+  Step gpu_step = step;
+  for (uint64_t t = 1; t <= 3; ++t) {
+    SCOPED_TRACE(absl::StrCat("step ", t));
+    gpu_step.params.state_version = t - 1;  // 0 first: nothing is resident yet
+    gpu_step.params.out_version = t;
+    if (t > 1) {
+      std::fill(gpu_step.w.begin(), gpu_step.w.end(), std::nanf(""));
+      std::fill(gpu_step.v.begin(), gpu_step.v.end(), std::nanf(""));
+    }
+    const Result gpu = Merge(*cuda_, gpu_step);
+    const Result cpu = Merge(*cpu_, cpu_step);
+    ExpectSameResult(gpu, cpu, SmoothingMode::kGnc);
+    gpu_step.w = gpu.w;
+    gpu_step.v = gpu.v;
+    cpu_step.w = cpu.w;
+    cpu_step.v = cpu.v;
+  }
+  // A rewound state under another version is read from the host.
+  Step rewound = step;
+  rewound.params.state_version = 7;
+  rewound.params.out_version = 8;
+  ExpectSameResult(Merge(*cuda_, rewound), Merge(*cpu_, rewound), SmoothingMode::kGnc);
+  // A noise pass leaves its update on the device, not the state: the next call reads.
+  Step noise = step;
+  noise.params.apply_update = false;
+  noise.params.state_version = 8;
+  noise.params.out_version = 9;
+  ExpectSameResult(Merge(*cuda_, noise), Merge(*cpu_, noise), SmoothingMode::kGnc);
+  Step after = step;
+  after.params.state_version = 9;
+  after.params.out_version = 10;
+  ExpectSameResult(Merge(*cuda_, after), Merge(*cpu_, after), SmoothingMode::kGnc);
+  for (const auto& g : step.grads) cuda_->UnpinHost(g.data());
+}
+
 TEST_F(CudaMergeTest, RepeatsBitForBit) {
   Step step = MakeStep(300007, 7, 11);
   step.params.mode = SmoothingMode::kIsotropic;

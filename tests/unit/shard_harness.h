@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -34,16 +36,79 @@ struct FakeClock {
   }
 };
 
-// Harness: a ShardCore on the CPU backend with K joined workers and helpers to push
-// whole gradients and read evaluation points.
+// ResidencyCounts: what a ResidentStateBackend saw.
+struct ResidencyCounts {
+  int calls = 0;
+  int hits = 0;        // calls whose w and v the backend still held
+  int mismatches = 0;  // ... and held something else than the w and v it was given
+  int pinned = 0;      // ranges pinned now
+};
+
+// ResidentStateBackend: the CPU merge, keeping each applied call's w_out and v_out
+// under its out_version as a device backend keeps them resident. A call that names
+// that version as its state_version is merged from the held copies, as on a device,
+// and counts a mismatch if they differ from the w and v the shard core passed: the
+// core claimed "unchanged since" for a state that changed (a restore, a rewind).
+class ResidentStateBackend final : public MergeBackend {
+ public:
+  explicit ResidentStateBackend(std::shared_ptr<ResidencyCounts> counts)
+      : inner_(NewCpuMergeBackend()), counts_(std::move(counts)) {}
+  std::string Name() const override { return "cpu (resident state)"; }
+
+  absl::Status MergeInto(const MergeParams& p, const MergeInputs& in, std::span<const float> w,
+                         std::span<const float> v, std::span<float> w_out,
+                         std::span<float> v_out, std::span<const PointOut> points,
+                         MergeStats* stats) override {
+    ++counts_->calls;
+    std::vector<float> use_w(w.begin(), w.end()), use_v(v.begin(), v.end());
+    if (p.state_version != 0 && p.state_version == held_version_) {
+      ++counts_->hits;
+      if (held_w_ != use_w || held_v_ != use_v) ++counts_->mismatches;
+      use_w = held_w_;
+      use_v = held_v_;
+    }
+    held_version_ = 0;
+    absl::Status s = inner_->MergeInto(p, in, use_w, use_v, w_out, v_out, points, stats);
+    if (s.ok() && p.apply_update) {
+      held_w_.assign(w_out.begin(), w_out.end());
+      held_v_.assign(v_out.begin(), v_out.end());
+      held_version_ = p.out_version;
+    }
+    return s;
+  }
+  void PinHost(const void* data, size_t bytes) override {
+    if (pinned_.emplace(data, bytes).second) ++counts_->pinned;
+  }
+  void UnpinHost(const void* data) override {
+    if (pinned_.erase(data) != 0) --counts_->pinned;
+  }
+
+ private:
+  std::unique_ptr<MergeBackend> inner_;
+  std::shared_ptr<ResidencyCounts> counts_;
+  uint64_t held_version_ = 0;
+  std::vector<float> held_w_, held_v_;
+  std::map<const void*, size_t> pinned_;
+};
+
+// Harness: a ShardCore on the CPU backend (as a ResidentStateBackend) with K joined
+// workers and helpers to push whole gradients and read evaluation points. Every
+// harness checks, when it ends, that the core never claimed a changed state resident.
 class Harness {
  public:
   Harness(ShardOptions o, int64_t n, FakeClock* clock = nullptr,
           CheckpointStore* checkpoints = nullptr, ShardObserver* observer = nullptr)
-      : core_(o, NewCpuMergeBackend(), observer, clock ? clock->Fn() : nullptr, checkpoints),
+      : counts_(std::make_shared<ResidencyCounts>()),
+        core_(o, std::make_unique<ResidentStateBackend>(counts_), observer,
+              clock ? clock->Fn() : nullptr, checkpoints),
         n_(n) {}
+  ~Harness() {
+    EXPECT_EQ(counts_->mismatches, 0)
+        << "the shard core passed a state_version for a w or v that had changed";
+  }
 
   ShardCore& core() { return core_; }
+  const ResidencyCounts& residency() const { return *counts_; }
 
   // JoinAll: joins every rank, offers w0 (unless empty: a restored shard) and opens
   // every stream.
@@ -135,6 +200,7 @@ class Harness {
   }
 
  private:
+  std::shared_ptr<ResidencyCounts> counts_;
   ShardCore core_;
   int64_t n_;
   std::map<int, uint64_t> sessions_;

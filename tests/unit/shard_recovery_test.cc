@@ -216,6 +216,34 @@ TEST(ShardRecoveryTest, RewindGoesBackExactlyAndIsIdempotentByGeneration) {
   EXPECT_TRUE(BitIdentical(W(h), w_at[5]));
 }
 
+// A device backend may keep w and v between steps only while they are exactly the
+// last merge's output: the first merge (after the offer) and the one after a rewind
+// must read the shard's state. (Every Harness also fails a test in which the backend
+// was told a changed state was unchanged.) Every receive slot is pinned.
+TEST(ShardRecoveryTest, DeviceKeepsTheStateOnlyWhileItIsTheLastMergesOutput) {
+  TempDir dir;
+  const int64_t n = 7;
+  ShardOptions o = ThreeWorkers(SmoothingMode::kGnc);
+  o.checkpoint_every = 1;
+  auto store = OpenStore(dir.path(), o);
+  Harness h(o, n, nullptr, store.get());
+  h.JoinAll({0.5f, -0.25f, 1, 0, 2, -1, 0.125f});
+  EXPECT_EQ(h.residency().pinned, 3);
+  for (int64_t t = 0; t < 3; ++t) {
+    Step(h, t, n);
+    ASSERT_TRUE(store->Flush(absl::Seconds(30)).ok());
+  }
+  EXPECT_EQ(h.residency().calls, 3);
+  EXPECT_EQ(h.residency().hits, 2);
+  ASSERT_TRUE(h.core().Rewind(kJob, 2, 1).ok());  // the store keeps steps 3 and 2
+  Step(h, 2, n);
+  EXPECT_EQ(h.residency().calls, 4);
+  EXPECT_EQ(h.residency().hits, 2);  // the rewound state was read
+  Step(h, 3, n);
+  EXPECT_EQ(h.residency().hits, 3);
+  EXPECT_EQ(h.residency().mismatches, 0);
+}
+
 TEST(ShardRecoveryTest, RestartRestoresTheNewestValidCheckpointInANewGeneration) {
   TempDir dir;
   const int64_t n = 6;
