@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "server/host_pinner.h"
 #include "server/options.h"
 
 namespace gnc {
@@ -92,13 +93,11 @@ class MergeBackend {
                                  std::span<float> w_out, std::span<float> v_out,
                                  std::span<const PointOut> points, MergeStats* stats) = 0;
 
-  // PinHost: [data, data + bytes) will be a gradient input of many calls (a worker's
-  // receive slot); a device backend page-locks it so that uploads from it need no
-  // staging copy. A hint: a backend that cannot pin still works (it stages). Every
-  // pinned range must be released with UnpinHost(data) before it is freed or moved.
-  // Thread-safe with respect to MergeInto (receive slots change while a merge runs).
-  virtual void PinHost(const void* data, size_t bytes) {}
-  virtual void UnpinHost(const void* data) {}
+  // Pinner: the backend's page-locking service, or null when it has none (the CPU
+  // backend). The shard core pins through it every host buffer a call reads or writes
+  // many times (receive slots, pooled w and v, point buffers) so that a device backend
+  // moves them by direct DMA, without a staging copy.
+  virtual std::shared_ptr<HostPinner> Pinner() { return nullptr; }
 
   // Merge: MergeInto with w and v updated in place.
   absl::Status Merge(const MergeParams& params, const MergeInputs& inputs, std::span<float> w,

@@ -35,6 +35,7 @@ struct PointBuffer {
   std::vector<uint16_t> bf16;
 
   std::span<const uint8_t> Bytes() const;
+  size_t Elements() const { return dtype == WireDType::kBfloat16 ? bf16.size() : f32.size(); }
 };
 
 // PointBytes: what a stream sends for one point, and what keeps those bytes alive.

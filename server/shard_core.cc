@@ -33,6 +33,18 @@ absl::Status StreamStatus(uint64_t open, uint64_t session) {
 
 }  // namespace
 
+std::shared_ptr<PointBuffer> ShardCore::NewPointBuffer(WireDType dtype, size_t d) const {
+  auto buf = std::make_unique<PointBuffer>();
+  buf->dtype = dtype;
+  if (dtype == WireDType::kBfloat16) {
+    buf->bf16.resize(d);
+  } else {
+    buf->f32.resize(d);
+  }
+  const std::span<const uint8_t> bytes = buf->Bytes();
+  return PinWhileAlive(std::move(buf), bytes.data(), bytes.size(), pinner_);
+}
+
 // MergeJob: one step's merge, prepared under the lock and run without it.
 struct ShardCore::MergeJob {
   PointTag tag;
@@ -51,9 +63,12 @@ ShardCore::ShardCore(ShardOptions options, std::unique_ptr<MergeBackend> backend
                      ShardObserver* observer, ClockFn clock, CheckpointStore* checkpoints)
     : options_(std::move(options)),
       backend_(std::move(backend)),
+      pinner_(backend_->Pinner()),
       observer_(observer),
       clock_(clock ? std::move(clock) : ClockFn([] { return absl::Now(); })),
-      checkpoints_(checkpoints) {
+      checkpoints_(checkpoints),
+      w_pool_(pinner_),
+      v_pool_(pinner_) {
   for (int k = 0; k < options_.num_workers; ++k) slots_.push_back(std::make_unique<Slot>());
   absl::MutexLock lock(&mu_);
   workers_.resize(options_.num_workers);
@@ -68,8 +83,10 @@ ShardCore::~ShardCore() {
     mu_.Await(absl::Condition(
         +[](bool* merging) { return !*merging; }, &merging_));
   }
-  for (const std::unique_ptr<Slot>& slot : slots_) {
-    if (!slot->g.empty()) backend_->UnpinHost(slot->g.data());
+  if (pinner_ != nullptr) {
+    for (const std::unique_ptr<Slot>& slot : slots_) {
+      if (!slot->g.empty()) pinner_->Unpin(slot->g.data());
+    }
   }
 }
 
@@ -250,13 +267,13 @@ absl::StatusOr<uint64_t> ShardCore::OpenStream(int rank, WireDType dtype) {
     if (!w.committed && slot.g.size() != static_cast<size_t>(range_.size())) {
       // The slot is pinned for a device backend while it has its size (uploads from
       // it then need no staging copy).
-      if (!slot.g.empty()) backend_->UnpinHost(slot.g.data());
+      if (pinner_ != nullptr && !slot.g.empty()) pinner_->Unpin(slot.g.data());
       if (absl::Status s = TryAllocate("a gradient slot", [&] { slot.g.resize(range_.size()); });
           !s.ok()) {
         if (observer_ != nullptr) observer_->OnLimited("allocation");
         return s;
       }
-      backend_->PinHost(slot.g.data(), slot.g.size() * sizeof(float));
+      if (pinner_ != nullptr) pinner_->Pin(slot.g.data(), slot.g.size() * sizeof(float));
     }
     if (w.session != 0) {
       LogWarning("shard ", options_.shard_index, ": rank ", rank,
@@ -592,16 +609,14 @@ std::unique_ptr<ShardCore::MergeJob> ShardCore::PrepareMerge() {
     std::shared_ptr<PointBuffer>& buf = points_[k];
     const long holders =
         1 + (publication_ != nullptr && publication_->Perturbed(static_cast<int>(k)) ? 1 : 0);
-    if (buf == nullptr || buf.use_count() > holders || buf->dtype != w.dtype) {
-      buf = std::make_shared<PointBuffer>();
-      buf->dtype = w.dtype;
+    if (buf == nullptr || buf.use_count() > holders || buf->dtype != w.dtype ||
+        buf->Elements() != d) {
+      buf = NewPointBuffer(w.dtype, d);  // pinned while it lives (a device backend's DMA)
     }
     PointOut out;
     if (w.dtype == WireDType::kBfloat16) {
-      buf->bf16.resize(d);
       out.bf16 = buf->bf16;
     } else {
-      buf->f32.resize(d);
       out.f32 = buf->f32;
     }
     job->points.push_back(buf);

@@ -341,12 +341,17 @@ class ShardCore {
   // Rebind: the first Join found the restored state of another layout or job: take
   // the newest older checkpoint that matches, or start blank.
   void Rebind(uint64_t layout_hash, uint64_t job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // NewPointBuffer: a point buffer of d elements in `dtype`, pinned while it lives.
+  std::shared_ptr<PointBuffer> NewPointBuffer(WireDType dtype, size_t d) const;
   // ResetStep: forget the current step's gradients and every perturbation.
   void ResetStep() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Checkpoint() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ShardOptions options_;
   const std::unique_ptr<MergeBackend> backend_;
+  // The backend's page-locking service (null for the CPU backend): receive slots,
+  // pooled w and v and point buffers are pinned through it.
+  const std::shared_ptr<HostPinner> pinner_;
   ShardObserver* const observer_;
   const ClockFn clock_;
   CheckpointStore* const checkpoints_;

@@ -1,9 +1,12 @@
-// CudaMergeBackend: the merge of server/merge_cpu.cc on a CUDA device. Per step it
-// uploads the gradients (straight from the receive slots the shard core pinned, else
-// through pinned chunks) and, unless the device still holds them from the previous
-// step (MergeParams::state_version), w and v, on its own stream; runs the fused pass (mean, norms, optimizer, gnc deltas), reduces the
-// per-block partials in a fixed order, then, once sigma or the norms are known on the
-// host, the isotropic noise and the cap, and copies w, v and the deltas back.
+// CudaMergeBackend: the merge of server/merge_cpu.cc on a CUDA device. Per step, on
+// its own stream, it uploads the gradients and, unless the device still holds them
+// from the previous step (MergeParams::state_version), w and v; runs the fused pass
+// (mean, norms, optimizer, gnc deltas) and reduces its per-block partials in a fixed
+// order; once sigma or the norms are known on the host, the isotropic noise and the
+// cap; forms the points x_k = w + delta_k in each worker's encoding; and downloads w,
+// v and the points. Host buffers the shard core pinned through Pinner() (receive
+// slots, pooled w and v, point buffers) are copied by direct DMA; anything else goes
+// through a ring of pinned staging chunks.
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -15,7 +18,6 @@
 #include "absl/synchronization/mutex.h"
 #include "server/cuda/cuda_memory.h"
 #include "common/cuda/cuda_status.h"
-#include "common/bf16.h"
 #include "common/finite.h"
 #include "common/status_macros.h"
 #include "server/cuda/merge_kernels.h"
@@ -52,6 +54,53 @@ absl::Status Grow(size_t size, PinnedArray<T>* array) {
   return absl::OkStatus();
 }
 
+// CudaHostPinner: cudaHostRegister on `device`, with the ranges it holds. Outlives the
+// backend while pinned buffers do (the CUDA runtime stays up until the process ends).
+class CudaHostPinner final : public HostPinner {
+ public:
+  explicit CudaHostPinner(int device) : device_(device) {}
+  ~CudaHostPinner() override {
+    for (const auto& [start, bytes] : pinned_) cudaHostUnregister(const_cast<unsigned char*>(start));
+  }
+
+  void Pin(const void* data, size_t bytes) override {
+    if (data == nullptr || bytes == 0) return;
+    absl::MutexLock lock(&mu_);
+    const auto* start = static_cast<const unsigned char*>(data);
+    if (pinned_.count(start) != 0) return;
+    if (cudaSetDevice(device_) != cudaSuccess ||
+        cudaHostRegister(const_cast<void*>(data), bytes, cudaHostRegisterDefault) != cudaSuccess) {
+      // A hint only (page-locked memory may be limited): this range is staged instead.
+      cudaGetLastError();  // clear the error
+      return;
+    }
+    pinned_[start] = bytes;
+  }
+
+  void Unpin(const void* data) override {
+    absl::MutexLock lock(&mu_);
+    auto it = pinned_.find(static_cast<const unsigned char*>(data));
+    if (it == pinned_.end()) return;
+    cudaHostUnregister(const_cast<void*>(data));
+    pinned_.erase(it);
+  }
+
+  // Contains: whether [data, data + bytes) lies in one pinned range.
+  bool Contains(const void* data, size_t bytes) {
+    absl::MutexLock lock(&mu_);
+    const auto* start = static_cast<const unsigned char*>(data);
+    auto it = pinned_.upper_bound(start);
+    if (it == pinned_.begin()) return false;
+    --it;
+    return start >= it->first && start + bytes <= it->first + it->second;
+  }
+
+ private:
+  const int device_;
+  absl::Mutex mu_;
+  std::map<const unsigned char*, size_t> pinned_ ABSL_GUARDED_BY(mu_);  // start -> bytes
+};
+
 class CudaMergeBackend final : public MergeBackend {
  public:
   static absl::StatusOr<std::unique_ptr<MergeBackend>> Create(int device);
@@ -63,15 +112,17 @@ class CudaMergeBackend final : public MergeBackend {
                          std::span<float> v_out, std::span<const PointOut> points,
                          MergeStats* stats) override;
 
-  void PinHost(const void* data, size_t bytes) override;
-  void UnpinHost(const void* data) override;
-  ~CudaMergeBackend() override;
+  std::shared_ptr<HostPinner> Pinner() override { return pinner_; }
 
  private:
   CudaMergeBackend() = default;
 
-  // Pinned: whether [data, data + bytes) lies in a range PinHost registered.
-  bool Pinned(const void* data, size_t bytes);
+  // Up, Down: one copy, direct when the host side is pinned, else queued for the
+  // stager (which runs `staged` in order).
+  absl::Status Up(const void* host, void* device, size_t bytes,
+                  std::vector<cuda::HostToDevice>* staged);
+  absl::Status Down(const void* device, void* host, size_t bytes,
+                    std::vector<cuda::DeviceToHost>* staged);
 
   // Layout: device buffers for `num` rows of `d` elements, with zero padding. A new d
   // clears everything (old values in what is now padding would enter the norms).
@@ -92,62 +143,47 @@ class CudaMergeBackend final : public MergeBackend {
   int pass_blocks_ = 1;  // grid of the merge pass for this layout
   int row_blocks_ = 1;   // grid (per row) of the noise and scale kernels
   DeviceArray<float> grads_, deltas_, w_, v_, weights_, scales_;
+  DeviceArray<uint16_t> points16_;  // rows of bfloat16 points
+  DeviceArray<uint8_t> bf16_;       // per row: 1 = the point goes out in bfloat16
   DeviceArray<uint64_t> keys_;
   DeviceArray<double> partials_, sums_;
   PinnedArray<float> weights_host_, scales_host_;
   PinnedArray<uint64_t> keys_host_;
+  PinnedArray<uint8_t> bf16_host_;
   PinnedArray<double> sums_host_;
-  std::vector<float> delta_host_;  // the deltas, downloaded to form the points
   // The out_version of the last call whose updated w and v are still in w_ and v_
   // (0: none; a noise pass, a failure or a new layout leaves none).
   uint64_t resident_version_ = 0;
 
-  absl::Mutex pinned_mu_;
-  std::map<const unsigned char*, size_t> pinned_ ABSL_GUARDED_BY(pinned_mu_);  // start -> bytes
+  std::shared_ptr<CudaHostPinner> pinner_;
 };
 
-void CudaMergeBackend::PinHost(const void* data, size_t bytes) {
-  if (data == nullptr || bytes == 0) return;
-  absl::MutexLock lock(&pinned_mu_);
-  const auto* start = static_cast<const unsigned char*>(data);
-  if (pinned_.count(start) != 0) return;
-  if (cudaSetDevice(device_) != cudaSuccess ||
-      cudaHostRegister(const_cast<void*>(data), bytes, cudaHostRegisterDefault) != cudaSuccess) {
-    // A hint only (page-locked memory may be limited): uploads from this range are
-    // staged instead, as before the slot existed.
-    cudaGetLastError();  // clear the error
-    return;
+absl::Status CudaMergeBackend::Up(const void* host, void* device, size_t bytes,
+                                  std::vector<cuda::HostToDevice>* staged) {
+  if (!pinner_->Contains(host, bytes)) {
+    staged->push_back({host, device, bytes});
+    return absl::OkStatus();
   }
-  pinned_[start] = bytes;
+  GNC_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream_.get()));
+  return absl::OkStatus();
 }
 
-void CudaMergeBackend::UnpinHost(const void* data) {
-  absl::MutexLock lock(&pinned_mu_);
-  auto it = pinned_.find(static_cast<const unsigned char*>(data));
-  if (it == pinned_.end()) return;
-  cudaHostUnregister(const_cast<void*>(data));
-  pinned_.erase(it);
-}
-
-CudaMergeBackend::~CudaMergeBackend() {
-  absl::MutexLock lock(&pinned_mu_);
-  for (const auto& [start, bytes] : pinned_) {
-    cudaHostUnregister(const_cast<unsigned char*>(start));
+absl::Status CudaMergeBackend::Down(const void* device, void* host, size_t bytes,
+                                    std::vector<cuda::DeviceToHost>* staged) {
+  if (!pinner_->Contains(host, bytes)) {
+    staged->push_back({device, host, bytes});
+    return absl::OkStatus();
   }
-}
-
-bool CudaMergeBackend::Pinned(const void* data, size_t bytes) {
-  absl::MutexLock lock(&pinned_mu_);
-  const auto* start = static_cast<const unsigned char*>(data);
-  auto it = pinned_.upper_bound(start);
-  if (it == pinned_.begin()) return false;
-  --it;
-  return start >= it->first && start + bytes <= it->first + it->second;
+  GNC_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream_.get()));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<MergeBackend>> CudaMergeBackend::Create(int device) {
   std::unique_ptr<CudaMergeBackend> b(new CudaMergeBackend());
   b->device_ = device;
+  b->pinner_ = std::make_shared<CudaHostPinner>(device);
   GNC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device));
   cudaDeviceProp prop;
   GNC_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
@@ -171,6 +207,9 @@ absl::Status CudaMergeBackend::Layout(int num, size_t d) {
   const size_t row_floats = static_cast<size_t>(rows) * stride;
   GNC_RETURN_IF_ERROR(Grow(row_floats, &grads_));
   GNC_RETURN_IF_ERROR(Grow(row_floats, &deltas_));
+  GNC_RETURN_IF_ERROR(Grow(row_floats, &points16_));
+  GNC_RETURN_IF_ERROR(Grow(rows, &bf16_));
+  GNC_RETURN_IF_ERROR(Grow(rows, &bf16_host_));
   GNC_RETURN_IF_ERROR(Grow(stride, &w_));
   GNC_RETURN_IF_ERROR(Grow(stride, &v_));
   GNC_RETURN_IF_ERROR(Grow(rows, &weights_));
@@ -249,18 +288,12 @@ absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs
   // rest through the stager. w and v only when the device does not hold them.
   std::vector<cuda::HostToDevice> up;
   for (size_t k = 0; k < num; ++k) {
-    const cuda::HostToDevice t{in.grads[k].data(), grads_.data() + k * stride_,
-                               d * sizeof(float)};
-    if (Pinned(t.host, t.bytes)) {
-      GNC_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(t.device, t.host, t.bytes, cudaMemcpyHostToDevice, s));
-    } else {
-      up.push_back(t);
-    }
+    GNC_RETURN_IF_ERROR(
+        Up(in.grads[k].data(), grads_.data() + k * stride_, d * sizeof(float), &up));
   }
   if (!resident) {
-    up.push_back({w.data(), w_.data(), d * sizeof(float)});
-    up.push_back({v.data(), v_.data(), d * sizeof(float)});
+    GNC_RETURN_IF_ERROR(Up(w.data(), w_.data(), d * sizeof(float), &up));
+    GNC_RETURN_IF_ERROR(Up(v.data(), v_.data(), d * sizeof(float), &up));
   }
   GNC_RETURN_IF_ERROR(stager_->Upload(up));
 
@@ -280,6 +313,9 @@ absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs
   a.delta_coef = static_cast<float>(-p.gnc_scale * p.lr);
   a.nesterov = p.nesterov;
   a.write_deltas = p.mode == SmoothingMode::kGnc;
+  // A noise pass leaves w_ and v_ as they are: the points are formed from them, and
+  // the device still holds the state the call was given.
+  a.write_state = p.apply_update;
   GNC_CUDA_RETURN_IF_ERROR(cuda::LaunchMergePass(a, s));
   GNC_RETURN_IF_ERROR(Sums(2 * k_num + 1, pass_blocks_));
 
@@ -335,43 +371,52 @@ absl::Status CudaMergeBackend::MergeInto(const MergeParams& p, const MergeInputs
         deltas_.data(), stride_, k_num, static_cast<int64_t>(d), scales_.data(), row_blocks_, s));
   }
 
-  std::vector<cuda::DeviceToHost> down;
-  if (p.apply_update) {
-    down.push_back({w_.data(), w_out.data(), d * sizeof(float)});
-    down.push_back({v_.data(), v_out.data(), d * sizeof(float)});
-  }
+  // The points, formed from w_ (the updated w, or w itself in a noise pass), each in
+  // its encoding; then every download, straight into pinned buffers where the shard
+  // core pinned them (its pooled w and v, its point buffers).
   const bool write_points = p.mode != SmoothingMode::kNone && !points.empty();
   if (write_points) {
-    delta_host_.resize(num * d);
+    for (size_t k = 0; k < num; ++k) bf16_host_[k] = points[k].f32.empty() ? 1 : 0;
+    GNC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(bf16_.data(), bf16_host_.data(), num,
+                                             cudaMemcpyHostToDevice, s));
+    cuda::FormPointsArgs f;
+    f.deltas = deltas_.data();
+    f.bf16_points = points16_.data();
+    f.w = w_.data();
+    f.bf16 = bf16_.data();
+    f.stride = stride_;
+    f.d = static_cast<int64_t>(d);
+    f.num = k_num;
+    f.num_blocks = row_blocks_;
+    GNC_CUDA_RETURN_IF_ERROR(cuda::LaunchFormPoints(f, s));
+  }
+  std::vector<cuda::DeviceToHost> down;
+  if (p.apply_update) {
+    GNC_RETURN_IF_ERROR(Down(w_.data(), w_out.data(), d * sizeof(float), &down));
+    GNC_RETURN_IF_ERROR(Down(v_.data(), v_out.data(), d * sizeof(float), &down));
+  }
+  if (write_points) {
     for (size_t k = 0; k < num; ++k) {
-      down.push_back({deltas_.data() + k * stride_, delta_host_.data() + k * d, d * sizeof(float)});
+      if (!points[k].f32.empty()) {
+        GNC_RETURN_IF_ERROR(Down(deltas_.data() + k * stride_, points[k].f32.data(),
+                                 d * sizeof(float), &down));
+      } else {
+        GNC_RETURN_IF_ERROR(Down(points16_.data() + k * stride_, points[k].bf16.data(),
+                                 d * sizeof(uint16_t), &down));
+      }
     }
   }
   GNC_RETURN_IF_ERROR(stager_->Download(down));
+  GNC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));  // the direct copies
   if (!p.apply_update) {
-    // A noise pass: the kernel's update stays on the device (it is overwritten by the
-    // next upload); w_out and v_out are w and v, and the points are formed from w.
+    // A noise pass: w_out and v_out are w and v.
     if (w_out.data() != w.data()) std::copy(w.begin(), w.end(), w_out.begin());
     if (v_out.data() != v.data()) std::copy(v.begin(), v.end(), v_out.begin());
   }
   stats->finite = FindNonFinite(w_out) < 0 && FindNonFinite(v_out) < 0;
-  // A noise pass left the kernel's update in w_ and v_, not w and v.
-  if (p.apply_update) resident_version_ = p.out_version;
-  // The points x_k = w + delta_k in each worker's encoding, as the CPU rounds them.
-  // (Formed on the host: a device pass writing them straight into pinned buffers is
-  // the next step for the GPU path.)
-  if (write_points) {
-    for (size_t k = 0; k < num; ++k) {
-      const float* delta = delta_host_.data() + k * d;
-      if (!points[k].f32.empty()) {
-        float* x = points[k].f32.data();
-        for (size_t j = 0; j < d; ++j) x[j] = w_out[j] + delta[j];
-      } else {
-        uint16_t* x = points[k].bf16.data();
-        for (size_t j = 0; j < d; ++j) x[j] = FloatToBf16(w_out[j] + delta[j]);
-      }
-    }
-  }
+  // w_ and v_ now hold the updated state, or, after a noise pass, the state the call
+  // was given (whose version the caller named, 0 if none).
+  resident_version_ = p.apply_update ? p.out_version : p.state_version;
   return absl::OkStatus();
 }
 

@@ -47,6 +47,8 @@ struct MergePassArgs {
   float lr = 0, momentum = 0, weight_decay = 0, delta_coef = 0;
   bool nesterov = false;
   bool write_deltas = false;
+  // False: w and v are read, never written (a noise pass: the state stays as it was).
+  bool write_state = true;
 };
 
 // MergePassSharedBytes: dynamic shared memory of the pass for `num` contributors;
@@ -79,6 +81,21 @@ cudaError_t LaunchIsotropicNoise(const IsotropicNoiseArgs& args, cudaStream_t st
 // LaunchScaleRows: rows[k][j] *= scales[k] for j < len, rows whose scale is 1 skipped.
 cudaError_t LaunchScaleRows(float* rows, int64_t stride, int num, int64_t len, const float* scales,
                             int num_blocks, cudaStream_t stream);
+
+// FormPointsArgs: the points x_k = w + delta_k (one float addition, as on the CPU),
+// for j < d: in place in deltas' row k, or, where bf16[k] != 0, rounded to bfloat16
+// (nearest even, common/bf16.h) in bf16_points' row k (rows of `stride` elements).
+struct FormPointsArgs {
+  float* deltas = nullptr;        // num rows, already scaled by any cap
+  uint16_t* bf16_points = nullptr;  // num rows
+  const float* w = nullptr;       // one row
+  const uint8_t* bf16 = nullptr;  // num, device memory
+  int64_t stride = 0;
+  int64_t d = 0;
+  int num = 0;
+  int num_blocks = 0;
+};
+cudaError_t LaunchFormPoints(const FormPointsArgs& args, cudaStream_t stream);
 
 }  // namespace gnc::cuda
 

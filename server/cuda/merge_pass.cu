@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kMergeThreads) MergePassKernel(const MergePass
 
     const float m = WarpSum(SquaredNorm(gb));
     if (leader) red[2 * a.num * kWarps + warp] += m;
-    if (in) {
+    if (in && a.write_state) {
       float4 w = w4[i], v = v4[i];
       Step(a, gb.x, w.x, v.x);
       Step(a, gb.y, w.y, v.y);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/bf16.h"
 #include "gtest/gtest.h"
 #include "server/device.h"
 #include "server/merge_backend.h"
@@ -254,12 +255,15 @@ TEST_F(CudaMergeTest, ChangingSizeAndContributorsReusesBuffersCorrectly) {
 
 // Resident state: a call that names the previous call's out_version uses the w and v
 // still on the device (the host copies passed here are poisoned to prove it); one that
-// names anything else (0, a stale version, or after a noise pass) reads w and v from
-// the host. Gradients come from pinned slots.
+// names anything else (0, a stale version) reads w and v from the host. A noise pass
+// changes no state, so the device still holds the one it was given. Gradients come
+// from slots pinned through the backend's pinner.
 TEST_F(CudaMergeTest, KeepsWAndVOnTheDeviceOnlyUnderTheirVersion) {
   Step step = MakeStep(100003, 4, 21);
   step.params.mode = SmoothingMode::kGnc;
-  for (const auto& g : step.grads) cuda_->PinHost(g.data(), g.size() * sizeof(float));
+  const std::shared_ptr<HostPinner> pinner = cuda_->Pinner();
+  ASSERT_NE(pinner, nullptr);
+  for (const auto& g : step.grads) pinner->Pin(g.data(), g.size() * sizeof(float));
   Step cpu_step = step;
   Step gpu_step = step;
   for (uint64_t t = 1; t <= 3; ++t) {
@@ -282,18 +286,121 @@ TEST_F(CudaMergeTest, KeepsWAndVOnTheDeviceOnlyUnderTheirVersion) {
   Step rewound = step;
   rewound.params.state_version = 7;
   rewound.params.out_version = 8;
-  ExpectSameResult(Merge(*cuda_, rewound), Merge(*cpu_, rewound), SmoothingMode::kGnc);
-  // A noise pass leaves its update on the device, not the state: the next call reads.
+  const Result rewound_gpu = Merge(*cuda_, rewound);
+  const Result rewound_cpu = Merge(*cpu_, rewound);
+  ExpectSameResult(rewound_gpu, rewound_cpu, SmoothingMode::kGnc);
+  // A noise pass on that state (version 8): its points come from the device's w.
   Step noise = step;
+  noise.w = rewound_cpu.w;
+  noise.v = rewound_cpu.v;
   noise.params.apply_update = false;
   noise.params.state_version = 8;
   noise.params.out_version = 9;
   ExpectSameResult(Merge(*cuda_, noise), Merge(*cpu_, noise), SmoothingMode::kGnc);
-  Step after = step;
-  after.params.state_version = 9;
+  // The step after it names version 8 again, with poisoned host copies: the device
+  // still holds it.
+  Step after = noise;
+  after.params.apply_update = true;
+  after.params.state_version = 8;
   after.params.out_version = 10;
-  ExpectSameResult(Merge(*cuda_, after), Merge(*cpu_, after), SmoothingMode::kGnc);
-  for (const auto& g : step.grads) cuda_->UnpinHost(g.data());
+  const Result after_cpu = Merge(*cpu_, after);
+  std::fill(after.w.begin(), after.w.end(), std::nanf(""));
+  std::fill(after.v.begin(), after.v.end(), std::nanf(""));
+  ExpectSameResult(Merge(*cuda_, after), after_cpu, SmoothingMode::kGnc);
+  for (const auto& g : step.grads) pinner->Unpin(g.data());
+}
+
+// Points in bfloat16 are formed on the device: each one is, bit for bit, the host's
+// round-to-nearest-even of the same call's float32 point (the device repeats itself
+// bit for bit), and near the CPU reference's. Pinned outputs (w, v, points) give the
+// same bits as staged ones.
+TEST_F(CudaMergeTest, FormsBfloat16PointsAndDownloadsIntoPinnedBuffers) {
+  for (SmoothingMode mode : {SmoothingMode::kGnc, SmoothingMode::kIsotropic}) {
+    SCOPED_TRACE(mode == SmoothingMode::kGnc ? "gnc" : "isotropic");
+    Step step = MakeStep(70001, 5, 33);
+    step.params.mode = mode;
+    MergeInputs in;
+    for (const auto& g : step.grads) in.grads.emplace_back(g);
+    in.num_samples = step.num_samples;
+    in.ranks = step.ranks;
+    const size_t d = step.w.size();
+    const size_t num = step.grads.size();
+    struct Out {
+      std::vector<float> w, v;
+      std::vector<std::vector<float>> f32;
+      std::vector<std::vector<uint16_t>> bf16;
+    };
+    // Run: contributor k's point in bfloat16 where bf16[k]; pinned: every output
+    // buffer pinned through the backend's pinner.
+    auto run = [&](MergeBackend& backend, const std::vector<bool>& bf16, bool pinned) {
+      Out o;
+      o.w = step.w;
+      o.v = step.v;
+      o.f32.assign(num, {});
+      o.bf16.assign(num, {});
+      std::vector<PointOut> points(num);
+      for (size_t k = 0; k < num; ++k) {
+        if (bf16[k]) {
+          o.bf16[k].assign(d, 0xffff);
+          points[k].bf16 = o.bf16[k];
+        } else {
+          o.f32[k].assign(d, kUntouched);
+          points[k].f32 = o.f32[k];
+        }
+      }
+      std::shared_ptr<HostPinner> pinner = pinned ? backend.Pinner() : nullptr;
+      std::vector<const void*> held;
+      auto pin = [&](const void* data, size_t bytes) {
+        pinner->Pin(data, bytes);
+        held.push_back(data);
+      };
+      if (pinner != nullptr) {
+        pin(o.w.data(), d * sizeof(float));
+        pin(o.v.data(), d * sizeof(float));
+        for (size_t k = 0; k < num; ++k) {
+          if (bf16[k]) {
+            pin(o.bf16[k].data(), d * sizeof(uint16_t));
+          } else {
+            pin(o.f32[k].data(), d * sizeof(float));
+          }
+        }
+      }
+      MergeStats stats;
+      const absl::Status s = backend.Merge(step.params, in, o.w, o.v, points, &stats);
+      for (const void* data : held) pinner->Unpin(data);
+      EXPECT_TRUE(s.ok()) << s;
+      return o;
+    };
+    const std::vector<bool> all_f32(num, false);
+    std::vector<bool> mixed(num, false);
+    for (size_t k = 0; k < num; k += 2) mixed[k] = true;
+    const Out f32 = run(*cuda_, all_f32, false);
+    const Out bf = run(*cuda_, mixed, false);
+    const Out bf_pinned = run(*cuda_, mixed, true);
+    const Out cpu = run(*cpu_, mixed, false);
+    EXPECT_EQ(bf.w, f32.w);
+    EXPECT_EQ(bf_pinned.w, bf.w);
+    EXPECT_EQ(bf_pinned.v, bf.v);
+    for (size_t k = 0; k < num; ++k) {
+      SCOPED_TRACE(absl::StrCat("contributor ", k));
+      EXPECT_EQ(bf_pinned.f32[k], bf.f32[k]);
+      EXPECT_EQ(bf_pinned.bf16[k], bf.bf16[k]);
+      if (!mixed[k]) {
+        EXPECT_EQ(bf.f32[k], f32.f32[k]);
+        ExpectClose(bf.f32[k], cpu.f32[k], 1e-5, "float32 point");
+        continue;
+      }
+      size_t off = 0;
+      std::vector<float> got(d), want(d);
+      for (size_t j = 0; j < d; ++j) {
+        off += bf.bf16[k][j] != FloatToBf16(f32.f32[k][j]) ? 1 : 0;
+        got[j] = Bf16ToFloat(bf.bf16[k][j]);
+        want[j] = Bf16ToFloat(cpu.bf16[k][j]);
+      }
+      EXPECT_EQ(off, 0u) << "bfloat16 elements not the rounding of the float32 point";
+      ExpectClose(got, want, 1.0 / 128, "bfloat16 point");
+    }
+  }
 }
 
 TEST_F(CudaMergeTest, RepeatsBitForBit) {

@@ -6,9 +6,11 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <iterator>
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "server/shard_core.h"
 
@@ -42,6 +44,50 @@ struct ResidencyCounts {
   int hits = 0;        // calls whose w and v the backend still held
   int mismatches = 0;  // ... and held something else than the w and v it was given
   int pinned = 0;      // ranges pinned now
+  // Gradients, w_out, v_out or points a call got in memory that was not pinned (a
+  // device backend would have staged them).
+  int unpinned_io = 0;
+};
+
+// RecordingPinner: a device backend's pinner without a device: keeps the ranges and
+// fails the test when a range is pinned over one still pinned (memory freed while
+// pinned and allocated again) or when ranges are still pinned once every holder has
+// let go (freed without Unpin).
+class RecordingPinner final : public HostPinner {
+ public:
+  explicit RecordingPinner(std::shared_ptr<ResidencyCounts> counts) : counts_(std::move(counts)) {}
+  ~RecordingPinner() override {
+    EXPECT_TRUE(pinned_.empty()) << pinned_.size() << " ranges still pinned after their last holder";
+  }
+  void Pin(const void* data, size_t bytes) override {
+    absl::MutexLock lock(&mu_);
+    const auto* start = static_cast<const unsigned char*>(data);
+    auto next = pinned_.lower_bound(start);
+    const bool overlaps =
+        (next != pinned_.end() && next->first < start + bytes) ||
+        (next != pinned_.begin() && std::prev(next)->first + std::prev(next)->second > start);
+    EXPECT_FALSE(overlaps) << "pinned over a range that was never unpinned";
+    if (overlaps) return;
+    pinned_[start] = bytes;
+    ++counts_->pinned;
+  }
+  void Unpin(const void* data) override {
+    absl::MutexLock lock(&mu_);
+    if (pinned_.erase(static_cast<const unsigned char*>(data)) != 0) --counts_->pinned;
+  }
+  bool Contains(const void* data, size_t bytes) {
+    absl::MutexLock lock(&mu_);
+    const auto* start = static_cast<const unsigned char*>(data);
+    auto it = pinned_.upper_bound(start);
+    if (it == pinned_.begin()) return false;
+    --it;
+    return start + bytes <= it->first + it->second;
+  }
+
+ private:
+  std::shared_ptr<ResidencyCounts> counts_;
+  absl::Mutex mu_;
+  std::map<const unsigned char*, size_t> pinned_;
 };
 
 // ResidentStateBackend: the CPU merge, keeping each applied call's w_out and v_out
@@ -52,7 +98,9 @@ struct ResidencyCounts {
 class ResidentStateBackend final : public MergeBackend {
  public:
   explicit ResidentStateBackend(std::shared_ptr<ResidencyCounts> counts)
-      : inner_(NewCpuMergeBackend()), counts_(std::move(counts)) {}
+      : inner_(NewCpuMergeBackend()),
+        counts_(counts),
+        pinner_(std::make_shared<RecordingPinner>(std::move(counts))) {}
   std::string Name() const override { return "cpu (resident state)"; }
 
   absl::Status MergeInto(const MergeParams& p, const MergeInputs& in, std::span<const float> w,
@@ -60,6 +108,19 @@ class ResidentStateBackend final : public MergeBackend {
                          std::span<float> v_out, std::span<const PointOut> points,
                          MergeStats* stats) override {
     ++counts_->calls;
+    auto pinned = [&](const void* data, size_t bytes) {
+      if (!pinner_->Contains(data, bytes)) ++counts_->unpinned_io;
+    };
+    for (std::span<const float> g : in.grads) pinned(g.data(), g.size_bytes());
+    pinned(w_out.data(), w_out.size_bytes());
+    pinned(v_out.data(), v_out.size_bytes());
+    for (const PointOut& x : points) {
+      if (x.f32.empty()) {
+        pinned(x.bf16.data(), x.bf16.size_bytes());
+      } else {
+        pinned(x.f32.data(), x.f32.size_bytes());
+      }
+    }
     std::vector<float> use_w(w.begin(), w.end()), use_v(v.begin(), v.end());
     if (p.state_version != 0 && p.state_version == held_version_) {
       ++counts_->hits;
@@ -76,24 +137,20 @@ class ResidentStateBackend final : public MergeBackend {
     }
     return s;
   }
-  void PinHost(const void* data, size_t bytes) override {
-    if (pinned_.emplace(data, bytes).second) ++counts_->pinned;
-  }
-  void UnpinHost(const void* data) override {
-    if (pinned_.erase(data) != 0) --counts_->pinned;
-  }
+  std::shared_ptr<HostPinner> Pinner() override { return pinner_; }
 
  private:
   std::unique_ptr<MergeBackend> inner_;
   std::shared_ptr<ResidencyCounts> counts_;
   uint64_t held_version_ = 0;
   std::vector<float> held_w_, held_v_;
-  std::map<const void*, size_t> pinned_;
+  std::shared_ptr<RecordingPinner> pinner_;
 };
 
 // Harness: a ShardCore on the CPU backend (as a ResidentStateBackend) with K joined
 // workers and helpers to push whole gradients and read evaluation points. Every
-// harness checks, when it ends, that the core never claimed a changed state resident.
+// harness checks, when it ends, that the core never claimed a changed state resident
+// and that every buffer a merge read or wrote was pinned (as a device backend wants).
 class Harness {
  public:
   Harness(ShardOptions o, int64_t n, FakeClock* clock = nullptr,
@@ -105,6 +162,8 @@ class Harness {
   ~Harness() {
     EXPECT_EQ(counts_->mismatches, 0)
         << "the shard core passed a state_version for a w or v that had changed";
+    EXPECT_EQ(counts_->unpinned_io, 0)
+        << "a merge read or wrote a shard buffer that was not pinned";
   }
 
   ShardCore& core() { return core_; }
