@@ -1,5 +1,9 @@
 #include "common/process_memory.h"
 
+// Any C library header defines __GLIBC__ under glibc (through <features.h>); without
+// one the check below would always be false and the function would do nothing.
+#include <cstdlib>
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif

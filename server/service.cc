@@ -272,7 +272,11 @@ void TrainReactor::OnWriteDone(bool ok) {
       return;
     }
     sent_ = sending_;
-    point_ = PointBytes();  // sent: the publication may reuse the buffer
+    // Sent: the publication may reuse the buffer. The last chunk's message refers to
+    // it too; without this it would keep the buffer until the next write (an Ack that
+    // comes after the step's merge, which would then allocate a new buffer).
+    point_ = PointBytes();
+    out_.Clear();
     Read(State::kReceiving);
     return;
   }
