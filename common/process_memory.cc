@@ -14,7 +14,10 @@ void RetainFreedMemory() {
 #if defined(__GLIBC__)
   // Setting either turns off glibc's own adjustment of both thresholds.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, 512 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
+  // Every arena keeps its own free memory: with one per thread (up to 8 per core) a
+  // shard of K = 32 workers kept about 230 MB free across five arenas; two share it.
+  mallopt(M_ARENA_MAX, 2);
 #endif
 }
 

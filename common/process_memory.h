@@ -9,9 +9,10 @@ namespace gnc {
 // buffers per stream. glibc's malloc would return them to the kernel (munmap, heap
 // trimming) and take them back on the next round, each page faulted in and zeroed
 // again (about a tenth of a round's CPU time at 4 Mi floats). This keeps freed memory
-// in the process for reuse: allocations up to 32 MiB come from the heap and the heap
-// is trimmed only past 512 MiB free. Call once, before any thread starts. The cost:
-// the resident size does not drop after a peak (by at most those 512 MiB).
+// in the process for reuse: allocations up to 32 MiB come from the heap, a heap is
+// trimmed only past 64 MiB free at its top, and the process has at most two arenas
+// (each arena keeps its own free memory). Call once, before any thread starts. The
+// cost: the resident size stays up to about 64 MiB per arena above what is in use.
 void RetainFreedMemory();
 
 }  // namespace gnc
