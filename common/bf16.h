@@ -6,6 +6,7 @@
 #define GNC_COMMON_BF16_H_
 
 #include <bit>
+#include <cstddef>
 #include <cstdint>
 
 namespace gnc {
@@ -18,6 +19,13 @@ inline uint16_t FloatToBf16(float f) {
 }
 
 inline float Bf16ToFloat(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+// FloatsToBf16: out[i] = FloatToBf16(in[i]) for i < n.
+void FloatsToBf16(const float* in, size_t n, uint16_t* out);
+// Bf16BytesToFloats: n elements of two little-endian bytes each (any alignment) to
+// float32. Both are built for AVX-512 and AVX2 as well (common/bf16.cc): a round in
+// bfloat16 converts every gradient and every point once on each side.
+void Bf16BytesToFloats(const uint8_t* in, size_t n, float* out);
 
 }  // namespace gnc
 

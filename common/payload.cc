@@ -27,11 +27,7 @@ void DecodePayload(const Payload& payload, WireDType dtype, std::span<float> dst
       j = 1;
     }
     const size_t whole = (piece.size() - j) / 2;
-    const uint8_t* p = piece.data() + j;
-    float* out = dst.data() + i;
-    for (size_t e = 0; e < whole; ++e) {
-      out[e] = Bf16ToFloat(static_cast<uint16_t>(p[2 * e] | (p[2 * e + 1] << 8)));
-    }
+    Bf16BytesToFloats(piece.data() + j, whole, dst.data() + i);
     i += whole;
     j += 2 * whole;
     if (j < piece.size()) {

@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/bf16.h"
+#include "common/simd_clones.h"
 #include "server/merge_backend.h"
 #include "server/noise_rng.h"
 #include "server/parallel_for.h"
@@ -25,13 +26,6 @@ namespace gnc {
 namespace {
 
 constexpr size_t kBlock = 2048;  // elements; a multiple of 2 (noise pairs)
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// Built for AVX2+FMA as well as the x86-64 baseline; the loader picks what the CPU has.
-#define GNC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define GNC_CLONES
-#endif
 
 // StorePoint: x = w + delta into a point buffer, float32 or bf16.
 struct PointWriter {

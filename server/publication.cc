@@ -13,10 +13,11 @@ std::shared_ptr<const PointBuffer> Convert(std::span<const float> f32,
   out->dtype = to;
   if (to == WireDType::kBfloat16) {
     out->bf16.resize(f32.size());
-    for (size_t i = 0; i < f32.size(); ++i) out->bf16[i] = FloatToBf16(f32[i]);
+    FloatsToBf16(f32.data(), f32.size(), out->bf16.data());
   } else {
     out->f32.resize(bf16.size());
-    for (size_t i = 0; i < bf16.size(); ++i) out->f32[i] = Bf16ToFloat(bf16[i]);
+    Bf16BytesToFloats(reinterpret_cast<const uint8_t*>(bf16.data()), bf16.size(),
+                      out->f32.data());
   }
   return out;
 }

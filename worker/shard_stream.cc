@@ -131,7 +131,7 @@ void ShardStream::PushGradient(std::span<const float> g, int64_t num_samples,
   sent_ = 0;
   if (dtype_ == WireDType::kBfloat16) {
     bf16_.resize(g.size());
-    for (size_t i = 0; i < g.size(); ++i) bf16_[i] = FloatToBf16(g[i]);
+    FloatsToBf16(g.data(), g.size(), bf16_.data());
   }
   if (!Begin()) return;
   {

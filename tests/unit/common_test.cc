@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "common/bf16.h"
 #include "common/codec.h"
 #include "common/layout.h"
 #include "gtest/gtest.h"
@@ -119,6 +120,47 @@ TEST(CodecTest, FindNonFiniteAgreesWithIsFiniteOnEdgeValues) {
     v[2049] = x;
     EXPECT_EQ(FindNonFinite(v), std::isfinite(x) ? -1 : 2049) << std::hex << b;
     v[2049] = lim;
+  }
+}
+
+// The whole-array conversions (built for AVX-512 and AVX2 as well) against the scalar
+// ones, element by element: every rounding case (ties to even, carries into the
+// exponent, to infinity), NaNs, infinities, subnormals and random bits, at every
+// length up to a few vectors and from unaligned bytes.
+TEST(CodecTest, ArrayConversionsMatchTheScalarOnes) {
+  std::vector<uint32_t> bits = {
+      0x00000000u, 0x80000000u, 0x00000001u, 0x00008000u, 0x00018000u, 0x3f808000u,
+      0x3f818000u, 0x3f807fffu, 0x3f808001u, 0x7f7f8000u, 0x7f7fffffu, 0xff7fffffu,
+      0x7f800000u, 0xff800000u, 0x7f800001u, 0x7fc00000u, 0xffc00001u, 0x7fffffffu,
+      0x807fffffu, 0x00800000u, 0x3effffffu, 0x4049ffffu};
+  uint32_t x = 12345;
+  while (bits.size() < 300) {
+    x = x * 1664525u + 1013904223u;
+    bits.push_back(x);
+  }
+  for (size_t n = 0; n <= bits.size(); n += (n < 70 ? 1 : 23)) {
+    std::vector<float> in(n);
+    for (size_t i = 0; i < n; ++i) in[i] = std::bit_cast<float>(bits[i]);
+    std::vector<uint16_t> got(n + 1, 0xabcd);
+    FloatsToBf16(in.data(), n, got.data());
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_EQ(got[i], FloatToBf16(in[i])) << "n " << n << ", bits " << std::hex << bits[i];
+    }
+    EXPECT_EQ(got[n], 0xabcd) << "wrote past n = " << n;
+    // From bytes at an odd address, little-endian.
+    std::vector<uint8_t> bytes(2 * n + 1);
+    for (size_t i = 0; i < n; ++i) {
+      bytes[1 + 2 * i] = static_cast<uint8_t>(bits[i] >> 16);
+      bytes[2 + 2 * i] = static_cast<uint8_t>(bits[i] >> 24);
+    }
+    std::vector<float> back(n + 1, -3.0f);
+    Bf16BytesToFloats(bytes.data() + 1, n, back.data());
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t h = static_cast<uint16_t>(bits[i] >> 16);
+      ASSERT_EQ(std::bit_cast<uint32_t>(back[i]), std::bit_cast<uint32_t>(Bf16ToFloat(h)))
+          << "n " << n << ", half " << std::hex << h;
+    }
+    EXPECT_EQ(back[n], -3.0f) << "wrote past n = " << n;
   }
 }
 
