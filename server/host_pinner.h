@@ -4,6 +4,8 @@
 #define GNC_SERVER_HOST_PINNER_H_
 
 #include <cstddef>
+#include <iterator>
+#include <map>
 #include <memory>
 #include <utility>
 
@@ -22,6 +24,46 @@ class HostPinner {
   virtual ~HostPinner() = default;
   virtual void Pin(const void* data, size_t bytes) = 0;
   virtual void Unpin(const void* data) = 0;
+};
+
+// PinnedRanges: the ranges a pinner holds, by start address. Thread-compatible (a
+// pinner locks around it).
+class PinnedRanges {
+ public:
+  // Add: false (nothing added) when [data, data + bytes) overlaps a held range.
+  bool Add(const void* data, size_t bytes) {
+    const auto* start = Start(data);
+    auto next = ranges_.lower_bound(start);
+    if (next != ranges_.end() && next->first < start + bytes) return false;
+    if (next != ranges_.begin() && std::prev(next)->first + std::prev(next)->second > start) {
+      return false;
+    }
+    ranges_.emplace_hint(next, start, bytes);
+    return true;
+  }
+  // Remove: whether a range started at data (it is no longer held).
+  bool Remove(const void* data) { return ranges_.erase(Start(data)) != 0; }
+  bool Holds(const void* data) const { return ranges_.count(Start(data)) != 0; }
+  // Contains: whether [data, data + bytes) lies within one held range.
+  bool Contains(const void* data, size_t bytes) const {
+    const auto* start = Start(data);
+    auto it = ranges_.upper_bound(start);
+    if (it == ranges_.begin()) return false;
+    --it;
+    return start + bytes <= it->first + it->second;
+  }
+  size_t size() const { return ranges_.size(); }
+  // ForEach: fn(start) for every held range.
+  template <typename Fn>
+  void ForEach(Fn fn) const {
+    for (const auto& [start, bytes] : ranges_) fn(static_cast<const void*>(start));
+  }
+
+ private:
+  static const unsigned char* Start(const void* data) {
+    return static_cast<const unsigned char*>(data);
+  }
+  std::map<const unsigned char*, size_t> ranges_;  // start -> bytes
 };
 
 // PinWhileAlive: shares `object`; [data, data + bytes) (memory the object owns and

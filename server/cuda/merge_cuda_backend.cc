@@ -60,45 +60,36 @@ class CudaHostPinner final : public HostPinner {
  public:
   explicit CudaHostPinner(int device) : device_(device) {}
   ~CudaHostPinner() override {
-    for (const auto& [start, bytes] : pinned_) cudaHostUnregister(const_cast<unsigned char*>(start));
+    pinned_.ForEach([](const void* start) { cudaHostUnregister(const_cast<void*>(start)); });
   }
 
   void Pin(const void* data, size_t bytes) override {
     if (data == nullptr || bytes == 0) return;
     absl::MutexLock lock(&mu_);
-    const auto* start = static_cast<const unsigned char*>(data);
-    if (pinned_.count(start) != 0) return;
+    if (pinned_.Holds(data)) return;
     if (cudaSetDevice(device_) != cudaSuccess ||
         cudaHostRegister(const_cast<void*>(data), bytes, cudaHostRegisterDefault) != cudaSuccess) {
       // A hint only (page-locked memory may be limited): this range is staged instead.
       cudaGetLastError();  // clear the error
       return;
     }
-    pinned_[start] = bytes;
+    pinned_.Add(data, bytes);
   }
 
   void Unpin(const void* data) override {
     absl::MutexLock lock(&mu_);
-    auto it = pinned_.find(static_cast<const unsigned char*>(data));
-    if (it == pinned_.end()) return;
-    cudaHostUnregister(const_cast<void*>(data));
-    pinned_.erase(it);
+    if (pinned_.Remove(data)) cudaHostUnregister(const_cast<void*>(data));
   }
 
-  // Contains: whether [data, data + bytes) lies in one pinned range.
   bool Contains(const void* data, size_t bytes) {
     absl::MutexLock lock(&mu_);
-    const auto* start = static_cast<const unsigned char*>(data);
-    auto it = pinned_.upper_bound(start);
-    if (it == pinned_.begin()) return false;
-    --it;
-    return start >= it->first && start + bytes <= it->first + it->second;
+    return pinned_.Contains(data, bytes);
   }
 
  private:
   const int device_;
   absl::Mutex mu_;
-  std::map<const unsigned char*, size_t> pinned_ ABSL_GUARDED_BY(mu_);  // start -> bytes
+  PinnedRanges pinned_ ABSL_GUARDED_BY(mu_);
 };
 
 class CudaMergeBackend final : public MergeBackend {

@@ -6,7 +6,6 @@
 #include <cstring>
 #include <map>
 #include <memory>
-#include <iterator>
 #include <string>
 #include <vector>
 
@@ -57,37 +56,27 @@ class RecordingPinner final : public HostPinner {
  public:
   explicit RecordingPinner(std::shared_ptr<ResidencyCounts> counts) : counts_(std::move(counts)) {}
   ~RecordingPinner() override {
-    EXPECT_TRUE(pinned_.empty()) << pinned_.size() << " ranges still pinned after their last holder";
+    EXPECT_EQ(pinned_.size(), 0u) << "ranges still pinned after their last holder";
   }
   void Pin(const void* data, size_t bytes) override {
     absl::MutexLock lock(&mu_);
-    const auto* start = static_cast<const unsigned char*>(data);
-    auto next = pinned_.lower_bound(start);
-    const bool overlaps =
-        (next != pinned_.end() && next->first < start + bytes) ||
-        (next != pinned_.begin() && std::prev(next)->first + std::prev(next)->second > start);
-    EXPECT_FALSE(overlaps) << "pinned over a range that was never unpinned";
-    if (overlaps) return;
-    pinned_[start] = bytes;
-    ++counts_->pinned;
+    const bool added = pinned_.Add(data, bytes);
+    EXPECT_TRUE(added) << "pinned over a range that was never unpinned";
+    if (added) ++counts_->pinned;
   }
   void Unpin(const void* data) override {
     absl::MutexLock lock(&mu_);
-    if (pinned_.erase(static_cast<const unsigned char*>(data)) != 0) --counts_->pinned;
+    if (pinned_.Remove(data)) --counts_->pinned;
   }
   bool Contains(const void* data, size_t bytes) {
     absl::MutexLock lock(&mu_);
-    const auto* start = static_cast<const unsigned char*>(data);
-    auto it = pinned_.upper_bound(start);
-    if (it == pinned_.begin()) return false;
-    --it;
-    return start + bytes <= it->first + it->second;
+    return pinned_.Contains(data, bytes);
   }
 
  private:
   std::shared_ptr<ResidencyCounts> counts_;
   absl::Mutex mu_;
-  std::map<const unsigned char*, size_t> pinned_;
+  PinnedRanges pinned_;
 };
 
 // ResidentStateBackend: the CPU merge, keeping each applied call's w_out and v_out
