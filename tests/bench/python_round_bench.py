@@ -73,12 +73,11 @@ def python_round(args: argparse.Namespace) -> float:
             procs = []
             for rank in range(args.workers):
                 out = open(Path(tmp) / f"worker-{rank}.out", "w+")
-                procs.append((out, subprocess.Popen(
+                procs.append((out, subprocess.Popen(gnc_testlib.die_with_parent(
                     [sys.executable, __file__, "--worker", f"--addresses={addresses}",
                      f"--rank={rank}", f"--workers={args.workers}",
                      f"--mfloats={args.mfloats}", f"--rounds={args.rounds}",
-                     f"--wire_dtype={args.wire_dtype}"], stdout=out, env=env,
-                    preexec_fn=gnc_testlib.die_with_parent())))
+                     f"--wire_dtype={args.wire_dtype}"]), stdout=out, env=env)))
             times = []
             for out, proc in procs:
                 if proc.wait(timeout=args.timeout) != 0:

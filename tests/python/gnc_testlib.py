@@ -13,6 +13,7 @@ import argparse
 import importlib
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,22 +29,20 @@ SKIP = 77
 _T = TypeVar("_T")
 
 
-def die_with_parent() -> Optional[Callable[[], None]]:
-    """A preexec_fn that has the child killed when this process dies (a test killed on
-    its timeout must not leave shards behind), or None off Linux. Only from the main
-    thread: the kernel ties the signal to the thread that started the child."""
-    if not sys.platform.startswith("linux") or threading.current_thread() is not \
-            threading.main_thread():
-        return None
-    import ctypes
+def die_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv` run so that the child is killed when this process dies (a test killed on
+    its timeout must not leave shards behind): under util-linux's setpriv --pdeathsig,
+    or unchanged where that is not at hand. Only from the main thread: the kernel ties
+    the signal to the thread that started the child.
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-
-    def arm() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-    return arm
+    Not a preexec_fn: with one, Python forks with fork() rather than vfork(), so gRPC's
+    fork handler runs; it waits for gRPC's threads to go idle, and once this process's
+    channels had met a killed shard that wait was seen never to end."""
+    setpriv = shutil.which("setpriv")
+    if not sys.platform.startswith("linux") or setpriv is None or \
+            threading.current_thread() is not threading.main_thread():
+        return list(argv)
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
 
 
 def setup(modules: Sequence[str], extra: Callable[[argparse.ArgumentParser], None] = None,
@@ -108,8 +107,8 @@ class ServerProcess:
         self._port_file.unlink(missing_ok=True)
         if self._log.closed:
             self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self._argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                        preexec_fn=die_with_parent())
+        self.process = subprocess.Popen(die_with_parent(self._argv), stdout=self._log,
+                                        stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self._start_timeout
         while not (self._port_file.exists() and self._port_file.read_text().strip()):
             if self.process.poll() is not None or time.monotonic() > deadline:
