@@ -1,7 +1,9 @@
 #include "tests/integration/server_process.h"
 
 #include <signal.h>
+#include <spawn.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,11 +27,12 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   argv.push_back(bin.data());
   for (std::string& f : flags) argv.push_back(f.data());
   argv.push_back(nullptr);
-  const pid_t pid = fork();
-  if (pid < 0) return absl::InternalError("fork failed");
-  if (pid == 0) {
-    execv(binary.c_str(), argv.data());
-    _exit(127);
+  // posix_spawn, not fork: fork runs gRPC's fork handlers, which wait for this
+  // process's gRPC threads to go idle (the clients of a test are live).
+  pid_t pid = 0;
+  if (const int err = posix_spawn(&pid, binary.c_str(), nullptr, nullptr, argv.data(), environ);
+      err != 0) {
+    return absl::InternalError(absl::StrCat("cannot start ", binary, ": ", strerror(err)));
   }
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
   while (absl::Now() < deadline) {
